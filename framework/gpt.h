@@ -1,0 +1,108 @@
+// The GPT-2 model as this rank holds it: one or more pipeline chunks (consecutive layers),
+// the embedding on global chunk 0, the final layernorm, tied LM head and vocab-parallel
+// loss on the last global chunk, every matrix sharded Megatron-style over the TP group.
+// Forward and backward are explicit per (microbatch, chunk); activations saved for the
+// backward live in a ChunkActivations owned by the caller (the pipeline engine), so the
+// schedule decides how many are alive at once.
+//
+// Shapes: B micro-batch, T sequence, Ts local sequence (T/TP with sequence parallelism,
+// else T), C width, Cl = C/TP, NHl = heads/TP, Vl = vocabulary rows per TP rank.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "framework/model_config.h"
+#include "framework/params.h"
+#include "parallel/communicator.h"
+
+namespace braid {
+
+struct LayerParams {
+  int ln1w, ln1b, qkvw, qkvb, projw, projb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+};
+
+struct ModelChunk {
+  int global_chunk = 0;
+  int first_layer = 0;
+  bool has_embedding = false, has_head = false;
+  std::vector<LayerParams> layers;
+  int wte = -1, wpe = -1, lnfw = -1, lnfb = -1;
+};
+
+struct LayerActivations {
+  Tensor input;                  // [B,Ts,C] residual in
+  Tensor ln1, ln1_mean, ln1_rstd;
+  Tensor ln1_full;               // [B,T,C] (gathered under SP, else aliases ln1)
+  Tensor qkv, att, atty;         // [B,T,3Cl], [B,NHl,T,T], [B,T,Cl]
+  Tensor res2;                   // [B,Ts,C] after attention residual
+  Tensor ln2, ln2_mean, ln2_rstd, ln2_full;
+  Tensor fch, fch_gelu;          // [B,T,4Cl]
+};
+
+struct ChunkActivations {
+  std::vector<int32_t> tokens, targets;  // [B*T], first / last chunk only
+  std::vector<LayerActivations> layers;
+  Tensor output;                  // [B,Ts,C] residual out (sent to the next chunk)
+  // Head: final layernorm and logits (overwritten in place by dlogits when training).
+  Tensor lnf, lnf_mean, lnf_rstd, lnf_full, logits;
+  double loss_sum = 0;            // sum of per-token losses of this microbatch (this rank's rows)
+};
+
+class Gpt {
+ public:
+  Gpt(const ModelConfig& cfg, const ModelLayout& layout, Communicator& tp, int micro_batch);
+
+  // Registers this rank's parameters in `store` (call before store.finalize()).
+  void register_params(ParamStore& store, bool tied_copy_on_head);
+  ParamStore& store() { return *store_; }
+  const std::vector<ModelChunk>& chunks() const { return chunks_; }
+  const ModelConfig& config() const { return cfg_; }
+  const ModelLayout& layout() const { return layout_; }
+
+  // Forward of local chunk c. `input` is [B,Ts,C] for non-first chunks (ignored otherwise);
+  // tokens/targets in acts must be set for the first / last chunk. With compute_grad the
+  // head turns logits into dlogits scaled by dloss_scale (the 1/total-tokens of the step).
+  void forward(int c, ChunkActivations& acts, const Tensor* input, bool compute_grad,
+               float dloss_scale);
+  // Backward of local chunk c. `dout` is [B,Ts,C] for non-last chunks; returns d(input)
+  // [B,Ts,C] in dinput (unused for the first chunk). Accumulates parameter gradients and
+  // calls on_param_final(i) for each parameter when `last_microbatch` is set, in the order
+  // their gradients become final.
+  // The tied embedding (an own-bucket parameter) is never reported: it is final only
+  // when the whole step's backward is done, which the trainer knows.
+  using FinalFn = std::function<void(int)>;
+  void backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& dinput,
+                bool last_microbatch, const FinalFn& on_param_final);
+
+  int micro_batch() const { return B_; }
+
+ private:
+  void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out);
+  void layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx /* in: dout, out: dinput */,
+                      bool last_microbatch, const FinalFn& final_fn);
+  void embedding_forward(const ModelChunk& ch, ChunkActivations& acts, Tensor& out);
+  void embedding_backward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& dx);
+  void head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& x,
+                    bool compute_grad, float dloss_scale);
+  void head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx);
+  // TP boundary helpers: gather (SP) or copy into the full-sequence buffer, and the twins.
+  void to_full_seq(const Tensor& local, Tensor& full);
+  void grad_from_full_seq(Tensor& dfull, Tensor& dlocal);  // dlocal += reduce(dfull)
+  void partial_to_local(Tensor& partial_full, Tensor& out_local);
+  void grad_to_partial(const Tensor& dlocal, Tensor& dfull);
+
+  float* val(int i) { return (*store_)[i].value.f32(); }
+  float* grad(int i) { return (*store_)[i].grad.f32(); }
+
+  ModelConfig cfg_;
+  ModelLayout layout_;
+  Communicator& tp_;
+  int B_;
+  ParamStore* store_ = nullptr;
+  std::vector<ModelChunk> chunks_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace braid

@@ -1,0 +1,72 @@
+#include "framework/model_config.h"
+
+#include <numeric>
+#include <sstream>
+
+#include "ops/check.h"
+
+namespace braid {
+
+int64_t ModelConfig::num_parameters() const {
+  int64_t C = n_embd;
+  int64_t per_layer = 12 * C * C + 13 * C;
+  return vocab_padded() * C + int64_t(seq_len) * C + n_layer * per_layer + 2 * C;
+}
+
+std::string ModelConfig::describe() const {
+  std::ostringstream os;
+  os << "GPT-2 L=" << n_layer << " H=" << n_head << " C=" << n_embd << " T=" << seq_len
+     << " V=" << vocab_size << " (padded " << vocab_padded() << "), "
+     << double(num_parameters()) / 1e6 << "M parameters";
+  return os.str();
+}
+
+int ModelLayout::first_layer_of(int g) const {
+  return std::accumulate(chunk_layers.begin(), chunk_layers.begin() + g, 0);
+}
+
+ModelLayout make_model_layout(const ModelConfig& m, int tp, int tp_rank, int pp, int pp_rank,
+                              int virtual_stages, bool sequence_parallel,
+                              const std::vector<int>& pp_layers) {
+  BRAID_REQUIRE(m.n_layer >= 1 && m.n_head >= 1 && m.n_embd >= 1 && m.seq_len >= 1,
+                "--layers, --heads, --width and --seq-len must be positive");
+  BRAID_REQUIRE(m.n_embd % m.n_head == 0,
+                "--width " << m.n_embd << " is not divisible by --heads " << m.n_head);
+  BRAID_REQUIRE(m.n_head % tp == 0, "--heads " << m.n_head << " is not divisible by --tp " << tp
+                                               << ": attention heads are split across TP ranks");
+  BRAID_REQUIRE((4 * m.n_embd) % tp == 0,
+                "the MLP width 4 x --width = " << 4 * m.n_embd << " is not divisible by --tp " << tp);
+  BRAID_REQUIRE(virtual_stages >= 1, "--virtual-stages must be >= 1");
+  if (sequence_parallel)
+    BRAID_REQUIRE(m.seq_len % tp == 0, "--sequence-parallel needs --seq-len " << m.seq_len
+                                           << " divisible by --tp " << tp);
+  ModelLayout l;
+  l.tp = tp;
+  l.tp_rank = tp_rank;
+  l.pp = pp;
+  l.pp_rank = pp_rank;
+  l.virtual_stages = virtual_stages;
+  l.sequence_parallel = sequence_parallel && tp > 1;
+  const int chunks = pp * virtual_stages;
+  if (pp_layers.empty()) {
+    BRAID_REQUIRE(m.n_layer >= chunks, "--layers " << m.n_layer << " is fewer than --pp " << pp
+                                                   << " x --virtual-stages " << virtual_stages
+                                                   << " = " << chunks << " pipeline chunks");
+    for (int g = 0; g < chunks; ++g)
+      l.chunk_layers.push_back(m.n_layer / chunks + (g < m.n_layer % chunks ? 1 : 0));
+  } else {
+    BRAID_REQUIRE(int(pp_layers.size()) == chunks,
+                  "--pp-layers lists " << pp_layers.size() << " stages but --pp x --virtual-stages = "
+                                       << chunks);
+    int sum = 0;
+    for (int n : pp_layers) {
+      BRAID_REQUIRE(n >= 1, "--pp-layers entries must be >= 1");
+      sum += n;
+    }
+    BRAID_REQUIRE(sum == m.n_layer, "--pp-layers sums to " << sum << " but --layers is " << m.n_layer);
+    l.chunk_layers = pp_layers;
+  }
+  return l;
+}
+
+}  // namespace braid

@@ -1,0 +1,46 @@
+// GPT-2 architecture sizes and how they are split over a layout. The vocabulary is padded
+// to a multiple of 64 (vocab_padded) for GEMM efficiency; the padded ids never reach the
+// loss. Under tensor parallelism each rank owns ceil(vocab_padded / TP) rows of the
+// embedding; rows past vocab_padded on the last shard are storage only.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace braid {
+
+struct ModelConfig {
+  int64_t vocab_size = 50257;  // real vocabulary (tokens the data can hold)
+  int n_layer = 12, n_head = 12, n_embd = 768, seq_len = 1024;
+
+  int64_t vocab_padded() const { return (vocab_size + 63) / 64 * 64; }
+  int head_size() const { return n_embd / n_head; }
+  int64_t num_parameters() const;  // logical (unsharded, untied) parameter count
+  std::string describe() const;
+};
+
+// How one rank holds the model: TP shard sizes and the pipeline chunk(s) of layers.
+struct ModelLayout {
+  int tp = 1, tp_rank = 0;
+  int pp = 1, pp_rank = 0;
+  int virtual_stages = 1;        // model chunks per stage (interleaved schedule)
+  bool sequence_parallel = false;
+  std::vector<int> chunk_layers;  // layers per global chunk (pp * virtual_stages entries)
+
+  int total_chunks() const { return pp * virtual_stages; }
+  int global_chunk(int local_chunk) const { return local_chunk * pp + pp_rank; }
+  int first_layer_of(int global_chunk) const;
+  int heads_local(const ModelConfig& m) const { return m.n_head / tp; }
+  int64_t vocab_per_rank(const ModelConfig& m) const { return (m.vocab_padded() + tp - 1) / tp; }
+  int64_t vocab_start(const ModelConfig& m) const { return vocab_per_rank(m) * tp_rank; }
+  int seq_local(const ModelConfig& m) const { return sequence_parallel ? m.seq_len / tp : m.seq_len; }
+};
+
+// Validates the model against the layout (heads, width, layers, sequence for SP) and fills
+// chunk_layers from an explicit split (pp_layers; empty = even). Throws InputError naming
+// the flags on mismatch.
+ModelLayout make_model_layout(const ModelConfig& m, int tp, int tp_rank, int pp, int pp_rank,
+                              int virtual_stages, bool sequence_parallel,
+                              const std::vector<int>& pp_layers);
+
+}  // namespace braid

@@ -1,0 +1,54 @@
+// AdamW over the parameter store, plain or ZeRO-1 (optimizer state and update sharded over
+// the data-parallel group: each replica updates its 1/DP of every bucket and the updated
+// parameters are all-gathered). Also the global gradient norm and clipping, computed once
+// per distinct element: TP-replicated parameters count on tp rank 0 only, the second copy
+// of the tied embedding not at all.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "framework/params.h"
+#include "parallel/grad_reducer.h"
+#include "parallel/rank_grid.h"
+
+namespace braid {
+
+struct AdamWConfig {
+  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f, grad_clip = 1.0f;
+};
+
+class Optimizer {
+ public:
+  Optimizer(ParamStore& store, GradReducer& reducer, ProcessGroups& groups);
+
+  // Global L2 norm of the (reduced) gradients; scales them by max_norm/(norm+1e-6) when
+  // that is < 1 (torch.nn.utils.clip_grad_norm_). max_norm <= 0 disables clipping.
+  double clip_grad_norm(float max_norm);
+  void step(float lr, const AdamWConfig& cfg);
+
+  int64_t steps_taken() const { return t_; }
+  void set_steps_taken(int64_t t) { t_ = t; }
+  // Checkpoint support: moments in flat (store) coordinates, complete on every replica.
+  void gather_moments(std::vector<float>& m_flat, std::vector<float>& v_flat);
+  void set_moments(const std::vector<float>& m_flat, const std::vector<float>& v_flat);
+
+ private:
+  struct Segment {
+    int64_t lo, hi;
+    bool weight_decay, norm_owned;
+  };
+  // Calls f(flat_lo, n, grad*, m*, v*) for this replica's portion of each bucket.
+  template <class F>
+  void for_each_owned(F&& f);
+  template <class F>
+  void for_each_segment(int64_t lo, int64_t hi, F&& f) const;
+
+  ParamStore& store_;
+  GradReducer& reducer_;
+  ProcessGroups& groups_;
+  std::vector<Segment> segments_;
+  std::vector<float> m_, v_;
+  int64_t t_ = 0;
+};
+
+}  // namespace braid

@@ -1,0 +1,195 @@
+#include "framework/train_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "ops/check.h"
+
+namespace po = boost::program_options;
+
+namespace braid {
+
+namespace {
+std::vector<int> parse_int_list(const std::string& s, const char* flag) {
+  std::vector<int> out;
+  if (s.empty()) return out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t pos = 0;
+      int v = std::stoi(item, &pos);
+      BRAID_REQUIRE(pos == item.size(), "");
+      out.push_back(v);
+    } catch (...) {
+      BRAID_REQUIRE(false, flag << " expects comma-separated integers, got '" << s << "'");
+    }
+  }
+  return out;
+}
+std::string join_ints(const std::vector<int>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+}  // namespace
+
+po::options_description train_options(TrainConfig& c) {
+  po::options_description d("braid-train options");
+  // clang-format off
+  d.add_options()
+    ("help,h", "print this help and exit")
+    ("config", po::value(&c.config_file), "INI-style config file (key = value, long flag names); the command line overrides it")
+    ("data", po::value(&c.data_dir), "dataset directory made by braid-data (train_*.h5, val_*.h5)")
+    ("out", po::value(&c.out_dir), "output directory: metrics.jsonl, log, checkpoints/")
+    ("resume", po::value(&c.resume)->default_value("auto"), "auto (latest checkpoint in OUT if any) | none | PATH to a checkpoint directory")
+    ("steps", po::value(&c.steps)->default_value(1000), "total optimizer steps of the run (defines the LR schedule)")
+    ("seed", po::value(&c.seed)->default_value(1337), "seed of initialisation and data order")
+    ("layers", po::value(&c.model.n_layer)->default_value(12), "transformer blocks")
+    ("heads", po::value(&c.model.n_head)->default_value(12), "attention heads")
+    ("width", po::value(&c.model.n_embd)->default_value(768), "model width (channels)")
+    ("seq-len", po::value(&c.model.seq_len)->default_value(1024), "sequence length T")
+    ("vocab-size", po::value(&c.model.vocab_size)->default_value(0), "model vocabulary; 0 = the dataset's")
+    ("micro-batch", po::value(&c.micro_batch)->default_value(4), "sequences per microbatch per data-parallel rank")
+    ("grad-accum", po::value(&c.grad_accum)->default_value(1), "microbatches per optimizer step (the pipeline's microbatches)")
+    ("lr", po::value(&c.lr)->default_value(6e-4f), "peak learning rate")
+    ("min-lr-ratio", po::value(&c.min_lr_ratio)->default_value(0.1f), "final LR as a fraction of --lr (cosine decay)")
+    ("warmup", po::value(&c.warmup_steps)->default_value(0), "linear warm-up steps")
+    ("weight-decay", po::value(&c.weight_decay)->default_value(0.1f), "AdamW decoupled weight decay (matrices and embeddings only)")
+    ("beta1", po::value(&c.beta1)->default_value(0.9f), "AdamW beta1")
+    ("beta2", po::value(&c.beta2)->default_value(0.95f), "AdamW beta2")
+    ("eps", po::value(&c.eps)->default_value(1e-8f), "AdamW epsilon")
+    ("grad-clip", po::value(&c.grad_clip)->default_value(1.0f), "clip the global gradient norm to this (0 = off)")
+    ("tp", po::value(&c.tp)->default_value(1), "tensor-parallel size")
+    ("pp", po::value(&c.pp)->default_value(1), "pipeline-parallel size (data parallel = world / (tp*pp))")
+    ("virtual-stages", po::value(&c.virtual_stages)->default_value(1), "model chunks per pipeline stage (interleaved schedule)")
+    ("schedule", po::value(&c.schedule)->default_value("1f1b"), "pipeline schedule: gpipe | 1f1b | interleaved")
+    ("pp-layers", po::value<std::string>()->default_value(""), "explicit layers per pipeline chunk, e.g. 5,7")
+    ("sequence-parallel", po::bool_switch(&c.sequence_parallel), "shard layernorm/residual regions along the sequence over TP")
+    ("zero", po::value(&c.zero)->default_value(0), "ZeRO stage: 0 (off) or 1 (optimizer state sharded over data parallel)")
+    ("bucket-mb", po::value(&c.bucket_mb)->default_value(25.0), "gradient all-reduce bucket size in MiB")
+    ("save-every", po::value(&c.save_every)->default_value(0), "checkpoint every N steps (0 = only at the end)")
+    ("stop-after", po::value(&c.stop_after)->default_value(0), "save a checkpoint and exit cleanly after step N (0 = run to --steps)")
+    ("keep-last", po::value(&c.keep_last)->default_value(3), "checkpoints to keep (older ones are deleted)")
+    ("eval-every", po::value(&c.eval_every)->default_value(0), "validation loss every N steps (0 = only at the end)")
+    ("eval-batches", po::value(&c.eval_batches)->default_value(4), "microbatches per replica in a validation pass")
+    ("log-every", po::value(&c.log_every)->default_value(1), "print a log line every N steps")
+    ("threads", po::value(&c.threads)->default_value(0), "BLAS threads per rank (0 = cores / ranks on this node)")
+    ("sample-tokens", po::value(&c.sample_tokens)->default_value(0), "after training, print this many sampled tokens")
+    ("sample-prompt", po::value(&c.sample_prompt)->default_value(""), "prompt for that sample");
+  // clang-format on
+  return d;
+}
+
+bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
+  auto desc = train_options(cfg);
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    if (vm.count("help")) {
+      std::cout << "Usage: braid-train --data DIR --out DIR [options]\n" << desc << "\n";
+      return false;
+    }
+    if (vm.count("config")) {
+      std::string path = vm["config"].as<std::string>();
+      std::ifstream f(path);
+      BRAID_REQUIRE(f.good(), "config file " << path << " cannot be opened");
+      po::store(po::parse_config_file(f, desc), vm);  // first stored value wins: CLI overrides
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw InputError(std::string(e.what()) + " (see braid-train --help)");
+  }
+  cfg.pp_layers = parse_int_list(vm["pp-layers"].as<std::string>(), "--pp-layers");
+  return true;
+}
+
+void validate_train_config(const TrainConfig& c, int world_size) {
+  BRAID_REQUIRE(!c.data_dir.empty(), "--data is required (a directory made by braid-data)");
+  BRAID_REQUIRE(!c.out_dir.empty(), "--out is required");
+  BRAID_REQUIRE(c.steps >= 1, "--steps must be >= 1 (got " << c.steps << ")");
+  BRAID_REQUIRE(c.micro_batch >= 1, "--micro-batch must be >= 1 (got " << c.micro_batch << ")");
+  BRAID_REQUIRE(c.grad_accum >= 1, "--grad-accum must be >= 1 (got " << c.grad_accum << ")");
+  BRAID_REQUIRE(c.lr > 0 && std::isfinite(c.lr), "--lr must be a positive number (got " << c.lr << ")");
+  BRAID_REQUIRE(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]");
+  BRAID_REQUIRE(c.warmup_steps >= 0 && c.warmup_steps <= c.steps, "--warmup must be in [0, --steps]");
+  BRAID_REQUIRE(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1, "--beta1/--beta2 must be in [0, 1)");
+  BRAID_REQUIRE(c.eps > 0, "--eps must be > 0");
+  BRAID_REQUIRE(c.weight_decay >= 0, "--weight-decay must be >= 0");
+  BRAID_REQUIRE(c.grad_clip >= 0, "--grad-clip must be >= 0");
+  BRAID_REQUIRE(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1 (got " << c.zero << ")");
+  BRAID_REQUIRE(c.save_every >= 0 && c.stop_after >= 0 && c.keep_last >= 1,
+                "--save-every/--stop-after must be >= 0 and --keep-last >= 1");
+  BRAID_REQUIRE(c.eval_every >= 0 && c.eval_batches >= 1 && c.log_every >= 1,
+                "--eval-every must be >= 0, --eval-batches and --log-every >= 1");
+  BRAID_REQUIRE(c.bucket_mb > 0, "--bucket-mb must be > 0");
+  BRAID_REQUIRE(c.resume == "auto" || c.resume == "none" || !c.resume.empty(), "--resume auto|none|PATH");
+  BRAID_REQUIRE(c.tp >= 1 && c.pp >= 1, "--tp and --pp must be >= 1");
+  BRAID_REQUIRE(world_size % (c.tp * c.pp) == 0,
+                "the world of " << world_size << " ranks is not divisible by --tp " << c.tp
+                                << " x --pp " << c.pp << "; launch a multiple of " << c.tp * c.pp << " ranks");
+  BRAID_REQUIRE(c.model.seq_len >= 1, "--seq-len must be >= 1");
+}
+
+float learning_rate(const TrainConfig& c, int64_t step) {
+  if (c.warmup_steps > 0 && step < c.warmup_steps) return c.lr * float(step + 1) / float(c.warmup_steps);
+  const double min_lr = double(c.lr) * c.min_lr_ratio;
+  const int64_t decay_steps = c.steps - c.warmup_steps;
+  if (decay_steps <= 1) return c.lr;
+  double progress = double(step - c.warmup_steps) / double(decay_steps - 1);
+  progress = std::min(1.0, std::max(0.0, progress));
+  return float(min_lr + 0.5 * (double(c.lr) - min_lr) * (1.0 + std::cos(M_PI * progress)));
+}
+
+nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json j;
+  j["data"] = data_dir;
+  j["steps"] = steps;
+  j["seed"] = seed;
+  j["layers"] = model.n_layer;
+  j["heads"] = model.n_head;
+  j["width"] = model.n_embd;
+  j["seq_len"] = model.seq_len;
+  j["vocab_size"] = model.vocab_size;
+  j["micro_batch"] = micro_batch;
+  j["grad_accum"] = grad_accum;
+  j["lr"] = lr;
+  j["min_lr_ratio"] = min_lr_ratio;
+  j["warmup"] = warmup_steps;
+  j["weight_decay"] = weight_decay;
+  j["beta1"] = beta1;
+  j["beta2"] = beta2;
+  j["eps"] = eps;
+  j["grad_clip"] = grad_clip;
+  j["tp"] = tp;
+  j["pp"] = pp;
+  j["virtual_stages"] = virtual_stages;
+  j["schedule"] = schedule;
+  j["pp_layers"] = join_ints(pp_layers);
+  j["sequence_parallel"] = sequence_parallel;
+  j["zero"] = zero;
+  return j;
+}
+
+TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
+  TrainConfig c;
+  c.data_dir = j.value("data", "");
+  c.steps = j.value("steps", int64_t(0));
+  c.seed = j.value("seed", uint64_t(0));
+  c.model.n_layer = j.at("layers");
+  c.model.n_head = j.at("heads");
+  c.model.n_embd = j.at("width");
+  c.model.seq_len = j.at("seq_len");
+  c.model.vocab_size = j.at("vocab_size");
+  c.micro_batch = j.value("micro_batch", 1);
+  c.grad_accum = j.value("grad_accum", 1);
+  c.lr = j.value("lr", 0.f);
+  c.tp = j.value("tp", 1);
+  c.pp = j.value("pp", 1);
+  c.zero = j.value("zero", 0);
+  return c;
+}
+
+}  // namespace braid

@@ -1,0 +1,58 @@
+// Every knob of a training run, parsed with Boost.Program_options from the command line
+// and an INI-style config file (`key = value`, the same names as the long flags; the
+// command line wins). Validation happens on every rank with the same inputs, so every
+// rank reaches the same verdict and prints the same message.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+#include <nlohmann/json.hpp>
+
+#include "framework/model_config.h"
+
+namespace braid {
+
+struct TrainConfig {
+  // data and output
+  std::string data_dir, out_dir, resume = "auto", config_file;
+  // model (vocab_size 0 = take it from the dataset)
+  ModelConfig model;
+  // optimisation
+  int64_t steps = 1000;
+  int micro_batch = 4, grad_accum = 1;
+  float lr = 6e-4f, min_lr_ratio = 0.1f, weight_decay = 0.1f, beta1 = 0.9f, beta2 = 0.95f;
+  float eps = 1e-8f, grad_clip = 1.0f;
+  int64_t warmup_steps = 0;
+  uint64_t seed = 1337;
+  // parallelism
+  int tp = 1, pp = 1, virtual_stages = 1, zero = 0;
+  std::string schedule = "1f1b";
+  bool sequence_parallel = false;
+  std::vector<int> pp_layers;
+  double bucket_mb = 25.0;
+  // checkpoints, evaluation, logging
+  int64_t save_every = 0, stop_after = 0, keep_last = 3;
+  int64_t eval_every = 0, eval_batches = 4, log_every = 1;
+  int threads = 0;  // BLAS threads per rank, 0 = cores / ranks on the node
+  std::string sample_prompt;  // printed sample at the end when non-empty
+  int sample_tokens = 0;
+
+  int64_t global_batch(int dp) const { return int64_t(micro_batch) * grad_accum * dp; }
+  nlohmann::json to_json() const;
+  static TrainConfig from_json(const nlohmann::json& j);
+};
+
+boost::program_options::options_description train_options(TrainConfig& cfg);
+
+// Parses argv (and --config FILE). Returns false if --help was printed.
+// Throws InputError on unknown flags or bad values.
+bool parse_train_config(int argc, char** argv, TrainConfig& cfg);
+void validate_train_config(const TrainConfig& cfg, int world_size);
+
+// Learning rate at optimizer step `step` (0-based): linear warm-up to lr, then cosine
+// decay to lr * min_lr_ratio at the last step.
+float learning_rate(const TrainConfig& cfg, int64_t step);
+
+}  // namespace braid

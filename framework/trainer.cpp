@@ -1,0 +1,241 @@
+#include "framework/trainer.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "parallel/collective_check.h"
+
+namespace fs = std::filesystem;
+
+namespace braid {
+
+Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)), groups_(groups) {
+  const RankGrid& g = groups_.grid;
+  run_collectively(*groups_.world, [&] {
+    validate_train_config(cfg_, g.world_size);
+    train_data_ = std::make_unique<TokenDataset>(cfg_.data_dir, "train");
+    val_data_ = std::make_unique<TokenDataset>(cfg_.data_dir, "val");
+    if (cfg_.model.vocab_size == 0) cfg_.model.vocab_size = train_data_->vocab_size();
+    train_loader_ = std::make_unique<DataLoader>(*train_data_, cfg_.model.seq_len, cfg_.seed);
+    val_loader_ = std::make_unique<DataLoader>(*val_data_, cfg_.model.seq_len, cfg_.seed + 1);
+    train_loader_->check_vocab(cfg_.model.vocab_size);
+    val_loader_->check_vocab(cfg_.model.vocab_size);
+    layout_ = make_model_layout(cfg_.model, g.tp, g.tp_rank, g.pp, g.pp_rank, cfg_.virtual_stages,
+                                cfg_.sequence_parallel, cfg_.pp_layers);
+    ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
+    if (spec.kind != ScheduleKind::Interleaved1F1B)
+      BRAID_REQUIRE(cfg_.virtual_stages == 1, "--virtual-stages " << cfg_.virtual_stages
+                                                                  << " needs --schedule interleaved");
+    validate_schedule_spec(spec);
+  });
+  model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch);
+  model_->register_params(store_, false);
+  int64_t bucket_elems = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
+  store_.finalize(bucket_elems, g.dp);
+  std::vector<BucketRange> ranges;
+  for (const Bucket& b : store_.buckets()) ranges.push_back({b.offset, b.size});
+  for (int i = 0; i < store_.size(); ++i)
+    if (store_[i].spec.name == "wte") wte_bucket_ = store_.bucket_of(i);
+  reducer_ = std::make_unique<GradReducer>(*groups_.dp, store_.flat_grads().f32(), ranges, cfg_.zero == 1);
+  optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
+  ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
+  engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::init_or_resume() {
+  std::string path;
+  if (cfg_.resume == "auto") {
+    run_collectively(*groups_.world, [&] { path = find_latest_checkpoint(cfg_.out_dir); });
+  } else if (cfg_.resume != "none") {
+    path = cfg_.resume;
+  }
+  if (path.empty()) {
+    store_.init_values(cfg_.seed);
+    step_ = 0;
+    data_position_ = 0;
+    return;
+  }
+  CheckpointState st = load_checkpoint(path, store_, optimizer_.get(), groups_, cfg_.model);
+  step_ = st.step;
+  data_position_ = st.data_position;
+  BRAID_REQUIRE(st.seed == cfg_.seed, "checkpoint " << path << " was trained with --seed " << st.seed
+                                                     << " but this run has --seed " << cfg_.seed);
+  if (groups_.grid.world_rank == 0)
+    std::printf("resumed from %s at step %lld (data position %lld)\n", path.c_str(),
+                static_cast<long long>(step_), static_cast<long long>(data_position_));
+}
+
+void Trainer::load_batch(int64_t position, DataLoader& loader, int microbatches,
+                         std::vector<std::vector<int32_t>>& tokens,
+                         std::vector<std::vector<int32_t>>& targets) {
+  // Global batch = microbatches x DP x B samples starting at `position`; replica d takes,
+  // in microbatch m, samples position + (m * DP + d) * B + [0, B). The replicas' samples
+  // are disjoint and together exactly the global batch, whatever DP is.
+  const int B = cfg_.micro_batch, T = cfg_.model.seq_len, DP = groups_.grid.dp;
+  tokens.assign(microbatches, std::vector<int32_t>(size_t(B) * T));
+  targets.assign(microbatches, std::vector<int32_t>(size_t(B) * T));
+  for (int m = 0; m < microbatches; ++m)
+    for (int b = 0; b < B; ++b) {
+      int64_t g = position + (int64_t(m) * DP + groups_.grid.dp_rank) * B + b;
+      loader.get(g, tokens[m].data() + size_t(b) * T, targets[m].data() + size_t(b) * T);
+    }
+}
+
+void Trainer::on_param_final(int i) {
+  Param& p = store_[i];
+  // Sequence parallelism: each TP rank saw only its sequence slice, so replicated
+  // parameters' gradients are partial sums over the TP group.
+  if (p.spec.sp_partial_grad && groups_.grid.tp > 1)
+    groups_.tp->all_reduce(p.grad.raw(), p.grad.numel(), DType::F32, ReduceOp::Sum);
+  int b = store_.bucket_of(i);
+  Bucket& bk = store_.buckets()[b];
+  if (--bk.pending == 0 && b != wte_bucket_) reducer_->launch(b);
+}
+
+StepResult Trainer::train_step() {
+  auto t0 = std::chrono::steady_clock::now();
+  const int M = cfg_.grad_accum;
+  std::vector<std::vector<int32_t>> tokens, targets;
+  load_batch(data_position_, *train_loader_, M, tokens, targets);
+  // Normalise by the number of target tokens in the whole global batch (ignored targets
+  // excluded): the loss and gradients are then independent of how the batch is split.
+  int64_t valid = 0;
+  for (auto& t : targets)
+    for (int32_t v : t) valid += v != -1;
+  all_reduce_int64(*groups_.dp, &valid, 1);
+  BRAID_CHECK(valid > 0, "global batch has no target tokens");
+  const float scale = float(1.0 / double(valid));
+
+  store_.zero_grads();
+  reducer_->reset();
+  double loss_sum = engine_->run_train(
+      tokens, targets, scale, [this](int i) { on_param_final(i); }, [this] { reducer_->poll(); });
+  // The tied embedding is final only now (its bucket is alone): reduce it over DP, then
+  // sum the first and last stage's copies.
+  for (size_t b = 0; b < store_.buckets().size(); ++b)
+    if (!reducer_->launched(int(b))) reducer_->launch(int(b));
+  reducer_->wait_all();
+  if (groups_.grid.pp > 1 && groups_.in_embed_group && wte_bucket_ >= 0) {
+    const Bucket& bk = store_.buckets()[wte_bucket_];
+    if (reducer_->zero())
+      groups_.embed->all_reduce(reducer_->shard_grads() + reducer_->shard_offset(wte_bucket_),
+                                reducer_->shard_size(wte_bucket_), DType::F32, ReduceOp::Sum);
+    else
+      groups_.embed->all_reduce(store_.flat_grads().f32() + bk.offset, bk.size, DType::F32, ReduceOp::Sum);
+  }
+  StepResult r;
+  r.grad_norm = optimizer_->clip_grad_norm(cfg_.grad_clip);
+  r.lr = learning_rate(cfg_, step_);
+  AdamWConfig ac{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, cfg_.grad_clip};
+  optimizer_->step(r.lr, ac);
+
+  // Loss: the last stage's sum over its replica, summed over DP, shared with every stage.
+  double loss[1] = {groups_.grid.last_stage() ? loss_sum : 0.0};
+  all_reduce_double(*groups_.dp, loss, 1);
+  all_reduce_double(*groups_.pp, loss, 1);
+  r.loss = loss[0] * double(scale);
+  data_position_ += cfg_.global_batch(groups_.grid.dp);
+  ++step_;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  losses_.push_back(r.loss);
+  return r;
+}
+
+double Trainer::evaluate() {
+  const int M = int(cfg_.eval_batches);
+  std::vector<std::vector<int32_t>> tokens, targets;
+  load_batch(0, *val_loader_, M, tokens, targets);  // the same held-out samples every time
+  int64_t valid = 0;
+  for (auto& t : targets)
+    for (int32_t v : t) valid += v != -1;
+  all_reduce_int64(*groups_.dp, &valid, 1);
+  double s[1] = {engine_->run_forward(tokens, targets)};
+  if (!groups_.grid.last_stage()) s[0] = 0;
+  all_reduce_double(*groups_.dp, s, 1);
+  all_reduce_double(*groups_.pp, s, 1);
+  return s[0] / double(std::max<int64_t>(valid, 1));
+}
+
+std::string Trainer::save() {
+  CheckpointState st;
+  st.step = step_;
+  st.data_position = data_position_;
+  st.seed = cfg_.seed;
+  st.optimizer_steps = optimizer_->steps_taken();
+  st.config = cfg_.to_json();
+  return save_checkpoint(cfg_.out_dir, st, store_, *optimizer_, groups_, cfg_.model, cfg_.keep_last);
+}
+
+void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
+  if (groups_.grid.world_rank != 0) return;
+  const double tokens = double(cfg_.global_batch(groups_.grid.dp)) * cfg_.model.seq_len;
+  const double tps = tokens / std::max(r.seconds, 1e-9);
+  const double avg = seconds_this_run_ / std::max<int64_t>(1, steps_this_run_);
+  const double eta = avg * double(cfg_.steps - step_);
+  nlohmann::json j;
+  j["step"] = step_;
+  j["loss"] = r.loss;
+  j["lr"] = r.lr;
+  j["grad_norm"] = r.grad_norm;
+  j["tokens_per_s"] = tps;
+  j["ms_per_step"] = r.seconds * 1e3;
+  if (val_loss) j["val_loss"] = *val_loss;
+  std::ofstream f(fs::path(cfg_.out_dir) / "metrics.jsonl", std::ios::app);
+  f << j.dump() << "\n";
+  if (step_ % cfg_.log_every == 0 || val_loss || step_ == cfg_.steps) {
+    std::printf("step %6lld/%lld | loss %.4f | lr %.3e | norm %.3f | %.0f tok/s | %.1f ms | ETA %.0fs",
+                static_cast<long long>(step_), static_cast<long long>(cfg_.steps), r.loss, r.lr,
+                r.grad_norm, tps, r.seconds * 1e3, eta);
+    if (val_loss) std::printf(" | val %.4f", *val_loss);
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+}
+
+void Trainer::train(const std::function<bool()>& stop_requested) {
+  if (groups_.grid.world_rank == 0) {
+    fs::create_directories(cfg_.out_dir);
+    std::printf("%s\nlayout: world %d = dp %d x pp %d x tp %d | schedule %s%s%s | global batch %lld x %d tokens\n",
+                cfg_.model.describe().c_str(), groups_.grid.world_size, groups_.grid.dp,
+                groups_.grid.pp, groups_.grid.tp, cfg_.schedule.c_str(),
+                layout_.sequence_parallel ? " | sequence parallel" : "",
+                cfg_.zero ? " | ZeRO-1" : "", static_cast<long long>(cfg_.global_batch(groups_.grid.dp)),
+                cfg_.model.seq_len);
+    std::fflush(stdout);
+  }
+  groups_.world->barrier();
+  const int64_t last = cfg_.stop_after > 0 ? std::min(cfg_.stop_after, cfg_.steps) : cfg_.steps;
+  while (step_ < last) {
+    StepResult r = train_step();
+    ++steps_this_run_;
+    seconds_this_run_ += r.seconds;
+    std::optional<double> val;
+    if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) val = evaluate();
+    log_step(r, val);
+    bool stop = false;
+    if (stop_requested) {
+      int64_t s = stop_requested() ? 1 : 0;
+      all_reduce_int64(*groups_.world, &s, 1, ReduceOp::Max);  // every rank agrees
+      stop = s != 0;
+    }
+    bool periodic = cfg_.save_every > 0 && step_ % cfg_.save_every == 0;
+    if (periodic || step_ == last || stop) {
+      std::string dir = save();
+      if (groups_.grid.world_rank == 0) {
+        std::printf("saved checkpoint %s\n", dir.c_str());
+        std::fflush(stdout);
+      }
+    }
+    if (stop) {
+      if (groups_.grid.world_rank == 0) std::printf("stopping on signal after step %lld\n", static_cast<long long>(step_));
+      break;
+    }
+  }
+}
+
+}  // namespace braid

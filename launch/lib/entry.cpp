@@ -1,0 +1,72 @@
+#include "launch/lib/entry.h"
+
+#include <mpi.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "ops/check.h"
+#include "ops/ops.h"
+
+namespace braid {
+
+namespace {
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop.store(true); }
+}  // namespace
+
+void install_stop_signals() {
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGUSR1, on_signal);
+  std::signal(SIGINT, on_signal);
+}
+
+bool stop_signal_received() { return g_stop.load(); }
+
+void configure_rank(const RankGrid& grid, int threads) {
+  set_error_prefix(grid.describe());
+  if (threads <= 0) {
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, grid.world_rank, MPI_INFO_NULL, &node);
+    int local = 1;
+    MPI_Comm_size(node, &local);
+    MPI_Comm_free(&node);
+    int cores = int(std::thread::hardware_concurrency());
+    threads = std::max(1, cores / std::max(1, local));
+  }
+  set_cpu_threads(threads);
+}
+
+int run_main(int argc, char** argv, const char* program, const std::function<int(int, char**)>& body) {
+  MPI_Init(&argc, &argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (error_prefix().empty()) {
+    char host[128] = {0};
+    gethostname(host, sizeof(host) - 1);
+    set_error_prefix("[rank " + std::to_string(rank) + "/" + std::to_string(size) + " host=" + host + "]");
+  }
+  int rc = 0;
+  try {
+    rc = body(argc, argv);
+  } catch (const InputError& e) {
+    // Raised collectively: every rank has the same message and reaches this point.
+    std::fprintf(stderr, "%s %s: error: %s\n", error_prefix().c_str(), program, e.what());
+    std::fflush(stderr);
+    MPI_Finalize();
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s %s: fatal: %s\n", error_prefix().c_str(), program, e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+  MPI_Finalize();
+  return rc;
+}
+
+}  // namespace braid

@@ -1,0 +1,23 @@
+// Entry-point plumbing shared by braid-train and braid-sample: MPI start-up, the rank
+// prefix of error messages, BLAS threads per rank, preemption signals, and the one place
+// where errors are caught. An InputError raised collectively (the same on every rank)
+// ends the run with one message per rank and exit code 2; any other error on one rank
+// aborts the world (MPI_Abort) so the others never hang in a collective.
+#pragma once
+#include <functional>
+
+#include "parallel/rank_grid.h"
+
+namespace braid {
+
+// Runs body(world) between MPI_Init and MPI_Finalize and returns the process exit code.
+int run_main(int argc, char** argv, const char* program, const std::function<int(int, char**)>& body);
+// Sets the error prefix from the grid and the BLAS threads (threads <= 0: cores / ranks
+// sharing this node).
+void configure_rank(const RankGrid& grid, int threads);
+// SIGTERM / SIGUSR1 / SIGINT (Slurm preemption, scancel --signal) set a flag that the
+// training loop polls once per step; the run saves a checkpoint and exits cleanly.
+void install_stop_signals();
+bool stop_signal_received();
+
+}  // namespace braid

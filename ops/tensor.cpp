@@ -1,0 +1,129 @@
+#include "ops/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "ops/device_memory.h"
+
+namespace braid {
+
+size_t dtype_bytes(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::BF16: return 2;
+    case DType::I32: return 4;
+    case DType::U16: return 2;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::I32: return "i32";
+    case DType::U16: return "u16";
+  }
+  return "?";
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (auto d : s) n *= d;
+  return n;
+}
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+Buffer::Buffer(size_t bytes, Device dev) : size_bytes(bytes), device(dev) {
+  if (dev == Device::CPU) {
+    // 64-byte alignment for vector loads; calloc-like zeroing.
+    size_t rounded = (bytes + 63) / 64 * 64;
+    data = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    BRAID_CHECK(data != nullptr, "host allocation of " << bytes << " bytes failed");
+    std::memset(data, 0, rounded == 0 ? 64 : rounded);
+  } else {
+    data = device_alloc(bytes);
+  }
+}
+
+Buffer::~Buffer() {
+  if (device == Device::CPU) std::free(data);
+  else device_free(data);
+}
+
+Tensor::Tensor(Shape shape, DType dtype, Device device)
+    : buffer_(std::make_shared<Buffer>(shape_numel(shape) * dtype_bytes(dtype), device)),
+      shape_(std::move(shape)),
+      dtype_(dtype),
+      device_(device) {
+  if (device == Device::CUDA) device_memset_zero(buffer_->data, buffer_->size_bytes);
+}
+
+Tensor Tensor::view(int64_t offset, Shape shape) const {
+  BRAID_CHECK(defined(), "view of an undefined tensor");
+  BRAID_CHECK(offset >= 0 && offset + shape_numel(shape) <= numel(),
+              "view [" << offset << ", +" << shape_numel(shape) << ") out of range for "
+                       << shape_str(shape_));
+  Tensor t = *this;
+  t.offset_ = offset_ + offset;
+  t.shape_ = std::move(shape);
+  t.view_ = true;
+  return t;
+}
+
+Tensor Tensor::slice0(int64_t begin, int64_t end) const {
+  BRAID_CHECK(ndim() >= 1 && begin >= 0 && begin <= end && end <= shape_[0],
+              "slice0 [" << begin << "," << end << ") of " << shape_str(shape_));
+  int64_t row = numel() / (shape_[0] == 0 ? 1 : shape_[0]);
+  Shape s = shape_;
+  s[0] = end - begin;
+  return view(begin * row, s);
+}
+
+void Tensor::zero_() {
+  if (device_ == Device::CPU) std::memset(raw(), 0, size_bytes());
+  else device_memset_zero(raw(), size_bytes());
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  BRAID_CHECK(src.numel() == numel() && src.dtype() == dtype(),
+              "copy_from: " << shape_str(src.shape()) << " " << dtype_name(src.dtype())
+                            << " into " << shape_str(shape_) << " " << dtype_name(dtype_));
+  if (device_ == Device::CPU && src.device() == Device::CPU) {
+    std::memcpy(raw(), src.raw(), size_bytes());
+  } else {
+    device_copy(raw(), device_ == Device::CUDA, src.raw(), src.device() == Device::CUDA,
+                size_bytes());
+  }
+}
+
+Tensor Tensor::clone() const {
+  Tensor t(shape_, dtype_, device_);
+  t.copy_from(*this);
+  return t;
+}
+
+uint16_t f32_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return uint16_t((u >> 16) | 0x40);
+  uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t((u + rounding) >> 16);
+}
+
+float bf16_to_f32(uint16_t x) {
+  uint32_t u = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace braid
