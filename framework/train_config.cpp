@@ -76,6 +76,7 @@ po::options_description train_options(TrainConfig& c) {
     ("eval-every", po::value(&c.eval_every)->default_value(0), "validation loss every N steps (0 = only at the end)")
     ("eval-batches", po::value(&c.eval_batches)->default_value(4), "microbatches per replica in a validation pass")
     ("log-every", po::value(&c.log_every)->default_value(1), "print a log line every N steps")
+    ("quiet", po::bool_switch(&c.quiet), "no console log lines (metrics.jsonl is still written)")
     ("threads", po::value(&c.threads)->default_value(0), "BLAS threads per rank (0 = cores / ranks on this node)")
     ("sample-tokens", po::value(&c.sample_tokens)->default_value(0), "after training, print this many sampled tokens")
     ("sample-prompt", po::value(&c.sample_prompt)->default_value(""), "prompt for that sample");

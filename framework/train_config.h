@@ -38,6 +38,7 @@ struct TrainConfig {
   int threads = 0;  // BLAS threads per rank, 0 = cores / ranks on the node
   std::string sample_prompt;  // printed sample at the end when non-empty
   int sample_tokens = 0;
+  bool quiet = false;  // no per-step console lines (metrics.jsonl is still written)
 
   int64_t global_batch(int dp) const { return int64_t(micro_batch) * grad_accum * dp; }
   nlohmann::json to_json() const;

@@ -65,7 +65,7 @@ void Trainer::init_or_resume() {
   data_position_ = st.data_position;
   BRAID_REQUIRE(st.seed == cfg_.seed, "checkpoint " << path << " was trained with --seed " << st.seed
                                                      << " but this run has --seed " << cfg_.seed);
-  if (groups_.grid.world_rank == 0)
+  if (groups_.grid.world_rank == 0 && !cfg_.quiet)
     std::printf("resumed from %s at step %lld (data position %lld)\n", path.c_str(),
                 static_cast<long long>(step_), static_cast<long long>(data_position_));
 }
@@ -187,7 +187,7 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
   if (val_loss) j["val_loss"] = *val_loss;
   std::ofstream f(fs::path(cfg_.out_dir) / "metrics.jsonl", std::ios::app);
   f << j.dump() << "\n";
-  if (step_ % cfg_.log_every == 0 || val_loss || step_ == cfg_.steps) {
+  if (!cfg_.quiet && (step_ % cfg_.log_every == 0 || val_loss || step_ == cfg_.steps)) {
     std::printf("step %6lld/%lld | loss %.4f | lr %.3e | norm %.3f | %.0f tok/s | %.1f ms | ETA %.0fs",
                 static_cast<long long>(step_), static_cast<long long>(cfg_.steps), r.loss, r.lr,
                 r.grad_norm, tps, r.seconds * 1e3, eta);
@@ -198,8 +198,8 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
 }
 
 void Trainer::train(const std::function<bool()>& stop_requested) {
-  if (groups_.grid.world_rank == 0) {
-    fs::create_directories(cfg_.out_dir);
+  if (groups_.grid.world_rank == 0) fs::create_directories(cfg_.out_dir);
+  if (groups_.grid.world_rank == 0 && !cfg_.quiet) {
     std::printf("%s\nlayout: world %d = dp %d x pp %d x tp %d | schedule %s%s%s | global batch %lld x %d tokens\n",
                 cfg_.model.describe().c_str(), groups_.grid.world_size, groups_.grid.dp,
                 groups_.grid.pp, groups_.grid.tp, cfg_.schedule.c_str(),
@@ -226,7 +226,7 @@ void Trainer::train(const std::function<bool()>& stop_requested) {
     bool periodic = cfg_.save_every > 0 && step_ % cfg_.save_every == 0;
     if (periodic || step_ == last || stop) {
       std::string dir = save();
-      if (groups_.grid.world_rank == 0) {
+      if (groups_.grid.world_rank == 0 && !cfg_.quiet) {
         std::printf("saved checkpoint %s\n", dir.c_str());
         std::fflush(stdout);
       }

@@ -1,3 +1,10 @@
 # Registration of each test executable: braid_test(<target> <timeout_s> [labels])
 # or braid_mpi_test(<target> <np> <timeout_s> [labels]). Keep one line per test.
 braid_test(test_schedule 60)
+braid_test(test_tokenizer 120)
+braid_test(test_dataset 120)
+braid_mpi_test(test_layouts 8 900)
+braid_mpi_test(test_reshard 8 900)
+braid_test(test_ops_cpu 60)
+braid_test(test_cross_entropy_cpu 60)
+braid_test(test_adamw_cpu 60)

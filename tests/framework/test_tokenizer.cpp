@@ -23,8 +23,8 @@ std::string find_vocab_dir() {
   candidates.push_back(std::string(BRAID_SOURCE_DIR) + "/vocab");
   candidates.push_back("/work/main/vocab");
   for (const auto& dir : candidates) {
-    if (std::filesystem::exists(dir + "/encoder.json") && std::filesystem::exists(dir + "/vocab.bpe"))
-      return dir;
+    namespace fs = std::filesystem;
+    if (fs::exists(dir + "/encoder.json") && fs::exists(dir + "/vocab.bpe")) return dir;
   }
   return "";
 }
@@ -121,8 +121,8 @@ TEST(Gpt2Tokenizer, KnownEncodings) {
       {"a  b\n\n  c   ", {64, 220, 275, 628, 220, 269, 220, 220, 220}},
       {"  ", {220, 220}},
       {"\n\n", {628}},
-      {"x = 1_000_000;\n\tif (x) {", {87, 796, 352, 62, 830, 62, 830, 26, 198, 197, 361, 357,
-                                      87, 8, 1391}},
+      {"x = 1_000_000;\n\tif (x) {",
+       {87, 796, 352, 62, 830, 62, 830, 26, 198, 197, 361, 357, 87, 8, 1391}},
       // The special token is not special inside text.
       {"<|endoftext|>", {27, 91, 437, 1659, 5239, 91, 29}},
       // Non-ASCII letters and numbers (Latin-1, Cyrillic, Greek, CJK, kana, number forms).
@@ -133,6 +133,12 @@ TEST(Gpt2Tokenizer, KnownEncodings) {
                           118, 139, 234, 38392, 34703, 30950}},
       {"日本語のテキスト", {33768, 98, 17312, 105, 45739, 252, 5641, 24336, 25084, 43302}},
       {"Ⅻ ½ ²", {158, 227, 104, 25208, 1587, 110}},
+      // Devanagari and Thai: vowel signs and viramas are marks, not letters.
+      {"नमस्ते दुनिया", {11976, 101, 11976, 106, 11976, 116, 24231, 235, 11976, 97, 24231, 229,
+                       28225, 99, 24231, 223, 11976, 101, 11976, 123, 11976, 107, 48077}},
+      {"สวัสดี ชาวโลก", {19567, 103, 19567, 100, 19567, 109, 19567, 103, 19567, 242, 19567,
+                       113, 220, 19567, 232, 19567, 110, 19567, 100, 31479, 224, 19567, 98,
+                       19567, 223}},
       {"", {}},
   };
   for (const auto& c : cases) {
