@@ -147,6 +147,7 @@ float learning_rate(const TrainConfig& c, int64_t step) {
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
   j["data"] = data_dir;
+  j["tokenizer"] = tokenizer;
   j["steps"] = steps;
   j["seed"] = seed;
   j["layers"] = model.n_layer;

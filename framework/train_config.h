@@ -17,6 +17,7 @@ namespace braid {
 struct TrainConfig {
   // data and output
   std::string data_dir, out_dir, resume = "auto", config_file;
+  std::string tokenizer;  // recorded from the dataset (for sampling)
   // model (vocab_size 0 = take it from the dataset)
   ModelConfig model;
   // optimisation

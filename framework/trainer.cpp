@@ -19,6 +19,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
     train_data_ = std::make_unique<TokenDataset>(cfg_.data_dir, "train");
     val_data_ = std::make_unique<TokenDataset>(cfg_.data_dir, "val");
     if (cfg_.model.vocab_size == 0) cfg_.model.vocab_size = train_data_->vocab_size();
+    cfg_.tokenizer = train_data_->tokenizer();
     train_loader_ = std::make_unique<DataLoader>(*train_data_, cfg_.model.seq_len, cfg_.seed);
     val_loader_ = std::make_unique<DataLoader>(*val_data_, cfg_.model.seq_len, cfg_.seed + 1);
     train_loader_->check_vocab(cfg_.model.vocab_size);
