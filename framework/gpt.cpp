@@ -112,7 +112,7 @@ void Gpt::to_full_seq(const Tensor& local, Tensor& full) {
     full = local;  // copy_to_tp forward: identity
     return;
   }
-  full = Tensor({B_, cfg_.seq_len, cfg_.n_embd});
+  full = Tensor::empty({B_, cfg_.seq_len, cfg_.n_embd});
   tp_gather_seq(tp_, local.f32(), full.f32(), B_, cfg_.seq_len, cfg_.n_embd, scratch_);
 }
 
@@ -122,7 +122,7 @@ void Gpt::grad_from_full_seq(Tensor& dfull, Tensor& dlocal) {
     dlocal = dfull;
     return;
   }
-  dlocal = Tensor({B_, layout_.seq_local(cfg_), cfg_.n_embd});
+  dlocal = Tensor::empty({B_, layout_.seq_local(cfg_), cfg_.n_embd});
   tp_reduce_scatter_seq(tp_, dfull.f32(), dlocal.f32(), B_, cfg_.seq_len, cfg_.n_embd, scratch_);
 }
 
@@ -132,7 +132,7 @@ void Gpt::partial_to_local(Tensor& partial_full, Tensor& out_local) {
     out_local = partial_full;
     return;
   }
-  out_local = Tensor({B_, layout_.seq_local(cfg_), cfg_.n_embd});
+  out_local = Tensor::empty({B_, layout_.seq_local(cfg_), cfg_.n_embd});
   tp_reduce_scatter_seq(tp_, partial_full.f32(), out_local.f32(), B_, cfg_.seq_len, cfg_.n_embd,
                         scratch_);
 }
@@ -142,7 +142,7 @@ void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
     dfull = dlocal;  // reduce_from_tp backward: identity
     return;
   }
-  dfull = Tensor({B_, cfg_.seq_len, cfg_.n_embd});
+  dfull = Tensor::empty({B_, cfg_.seq_len, cfg_.n_embd});
   tp_gather_seq(tp_, dlocal.f32(), dfull.f32(), B_, cfg_.seq_len, cfg_.n_embd, scratch_);
 }
 
@@ -164,39 +164,39 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   const int Cl = C / layout_.tp, NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
   a.input = x;
-  a.ln1 = Tensor({B_, Ts, C});
-  a.ln1_mean = Tensor({Ns});
-  a.ln1_rstd = Tensor({Ns});
+  a.ln1 = Tensor::empty({B_, Ts, C});
+  a.ln1_mean = Tensor::empty({Ns});
+  a.ln1_rstd = Tensor::empty({Ns});
   cpu::layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), x.f32(), val(lp.ln1w),
                          val(lp.ln1b), Ns, C);
   to_full_seq(a.ln1, a.ln1_full);
-  a.qkv = Tensor({B_, T, 3 * Cl});
+  a.qkv = Tensor::empty({B_, T, 3 * Cl});
   cpu::matmul_forward(a.qkv.f32(), a.ln1_full.f32(), val(lp.qkvw), val(lp.qkvb), N, C, 3 * Cl);
-  a.att = Tensor({B_, NHl, T, T});
-  a.atty = Tensor({B_, T, Cl});
+  a.att = Tensor::empty({B_, NHl, T, T});
+  a.atty = Tensor::empty({B_, T, Cl});
   cpu::attention_forward(a.atty.f32(), a.att.f32(), a.qkv.f32(), B_, T, NHl, HS);
-  Tensor proj_partial({B_, T, C}), proj;
+  Tensor proj_partial = Tensor::empty({B_, T, C}), proj;
   cpu::matmul_forward(proj_partial.f32(), a.atty.f32(), val(lp.projw), nullptr, N, Cl, C);
   partial_to_local(proj_partial, proj);
   add_bias_rows(proj.f32(), val(lp.projb), Ns, C);
-  a.res2 = Tensor({B_, Ts, C});
+  a.res2 = Tensor::empty({B_, Ts, C});
   cpu::residual_forward(a.res2.f32(), x.f32(), proj.f32(), Ns * C);
 
-  a.ln2 = Tensor({B_, Ts, C});
-  a.ln2_mean = Tensor({Ns});
-  a.ln2_rstd = Tensor({Ns});
+  a.ln2 = Tensor::empty({B_, Ts, C});
+  a.ln2_mean = Tensor::empty({Ns});
+  a.ln2_rstd = Tensor::empty({Ns});
   cpu::layernorm_forward(a.ln2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), a.res2.f32(),
                          val(lp.ln2w), val(lp.ln2b), Ns, C);
   to_full_seq(a.ln2, a.ln2_full);
-  a.fch = Tensor({B_, T, 4 * Cl});
-  a.fch_gelu = Tensor({B_, T, 4 * Cl});
+  a.fch = Tensor::empty({B_, T, 4 * Cl});
+  a.fch_gelu = Tensor::empty({B_, T, 4 * Cl});
   cpu::matmul_forward(a.fch.f32(), a.ln2_full.f32(), val(lp.fcw), val(lp.fcb), N, C, 4 * Cl);
   cpu::gelu_forward(a.fch_gelu.f32(), a.fch.f32(), N * 4 * Cl);
-  Tensor fc_partial({B_, T, C}), fcproj;
+  Tensor fc_partial = Tensor::empty({B_, T, C}), fcproj;
   cpu::matmul_forward(fc_partial.f32(), a.fch_gelu.f32(), val(lp.fcprojw), nullptr, N, 4 * Cl, C);
   partial_to_local(fc_partial, fcproj);
   add_bias_rows(fcproj.f32(), val(lp.fcprojb), Ns, C);
-  out = Tensor({B_, Ts, C});
+  out = Tensor::empty({B_, Ts, C});
   cpu::residual_forward(out.f32(), a.res2.f32(), fcproj.f32(), Ns * C);
 }
 
@@ -259,7 +259,7 @@ void Gpt::embedding_forward(const ModelChunk& ch, ChunkActivations& acts, Tensor
   BRAID_CHECK(int64_t(acts.tokens.size()) == N, "embedding input has " << acts.tokens.size()
                                                                        << " tokens, expected " << N);
   const Param& wte = (*store_)[ch.wte];
-  Tensor partial({B_, T, C});
+  Tensor partial = Tensor::empty({B_, T, C});
   cpu::embedding_forward(partial.f32(), acts.tokens.data(), wte.value.f32(), N, C,
                          wte.spec.shard_offset, wte.spec.storage_rows);
   partial_to_local(partial, out);  // vocab-parallel: each shard contributes its rows
@@ -283,16 +283,16 @@ void Gpt::head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tenso
                        bool compute_grad, float dloss_scale) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
-  acts.lnf = Tensor({B_, Ts, C});
-  acts.lnf_mean = Tensor({Ns});
-  acts.lnf_rstd = Tensor({Ns});
+  acts.lnf = Tensor::empty({B_, Ts, C});
+  acts.lnf_mean = Tensor::empty({Ns});
+  acts.lnf_rstd = Tensor::empty({Ns});
   cpu::layernorm_forward(acts.lnf.f32(), acts.lnf_mean.f32(), acts.lnf_rstd.f32(), x.f32(),
                          val(ch.lnfw), val(ch.lnfb), Ns, C);
   to_full_seq(acts.lnf, acts.lnf_full);
   const Param& wte = (*store_)[ch.wte];
   const int Vl = int(wte.spec.storage_rows);
   const int64_t vstart = wte.spec.shard_offset;
-  acts.logits = Tensor({B_, T, Vl});
+  acts.logits = Tensor::empty({B_, T, Vl});
   cpu::matmul_forward(acts.logits.f32(), acts.lnf_full.f32(), wte.value.f32(), nullptr, N, C, Vl);
   if (acts.targets.empty()) return;  // inference: keep the logits
   BRAID_CHECK(int64_t(acts.targets.size()) == N, "targets size");
@@ -301,19 +301,23 @@ void Gpt::head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tenso
   std::vector<float> row_max(N), row_sum(N), tlogit(N), losses(N);
   cpu::xent_local_max(row_max.data(), acts.logits.f32(), N, Vl, vstart, cfg_.vocab_size);
   tp_.all_reduce(row_max.data(), N, DType::F32, ReduceOp::Max);
-  cpu::xent_local_sumexp(row_sum.data(), acts.logits.f32(), row_max.data(), N, Vl, vstart,
-                         cfg_.vocab_size);
-  tp_.all_reduce(row_sum.data(), N, DType::F32, ReduceOp::Sum);
   cpu::xent_target_logit(tlogit.data(), acts.logits.f32(), acts.targets.data(), N, Vl, vstart);
   tp_.all_reduce(tlogit.data(), N, DType::F32, ReduceOp::Sum);
+  if (compute_grad)  // each exponential once: the logits buffer becomes exp(l - max)
+    cpu::xent_exp_sum_inplace(row_sum.data(), acts.logits.f32(), row_max.data(), N, Vl, vstart,
+                              cfg_.vocab_size);
+  else
+    cpu::xent_local_sumexp(row_sum.data(), acts.logits.f32(), row_max.data(), N, Vl, vstart,
+                           cfg_.vocab_size);
+  tp_.all_reduce(row_sum.data(), N, DType::F32, ReduceOp::Sum);
   cpu::xent_losses(losses.data(), row_max.data(), row_sum.data(), tlogit.data(),
                    acts.targets.data(), N);
   double s = 0;
   for (int64_t n = 0; n < N; ++n) s += losses[n];
   acts.loss_sum = s;
-  if (compute_grad)  // in place: logits become dlogits (the loss scale is known up front)
-    cpu::xent_backward(acts.logits.f32(), acts.logits.f32(), acts.targets.data(), row_max.data(),
-                       row_sum.data(), N, Vl, vstart, cfg_.vocab_size, dloss_scale);
+  if (compute_grad)  // in place: exp(logits) become dlogits (the loss scale is known up front)
+    cpu::xent_backward_from_exp(acts.logits.f32(), acts.targets.data(), row_sum.data(), N, Vl,
+                                vstart, cfg_.vocab_size, dloss_scale);
 }
 
 void Gpt::head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx) {

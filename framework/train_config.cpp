@@ -88,7 +88,16 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
   auto desc = train_options(cfg);
   po::variables_map vm;
   try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
+    // A flag given twice takes its last value (scripts append overrides).
+    po::parsed_options parsed = po::parse_command_line(argc, argv, desc);
+    std::vector<po::option> last_wins;
+    for (auto it = parsed.options.rbegin(); it != parsed.options.rend(); ++it) {
+      bool seen = false;
+      for (const auto& o : last_wins) seen = seen || (o.string_key == it->string_key);
+      if (!seen) last_wins.insert(last_wins.begin(), *it);
+    }
+    parsed.options = last_wins;
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << "Usage: braid-train --data DIR --out DIR [options]\n" << desc << "\n";
       return false;

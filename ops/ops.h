@@ -72,6 +72,15 @@ void xent_backward(float* dlogits, const float* logits, const int32_t* targets,
                    const float* row_max, const float* row_sum, int64_t N, int Vl,
                    int64_t vocab_start, int64_t vocab_real, float dloss_scale);
 
+// Training variant that computes each exponential once: replaces logits in place with
+// exp(logit - row_max) (0 on padding columns) and returns their row sums; then
+// xent_backward_from_exp turns them into dlogits = (exp / row_sum - onehot) * scale.
+void xent_exp_sum_inplace(float* row_sum, float* logits_to_exp, const float* row_max, int64_t N,
+                          int Vl, int64_t vocab_start, int64_t vocab_real);
+void xent_backward_from_exp(float* dlogits_from_exp, const int32_t* targets, const float* row_sum,
+                            int64_t N, int Vl, int64_t vocab_start, int64_t vocab_real,
+                            float dloss_scale);
+
 // AdamW with decoupled weight decay and bias correction (step t >= 1):
 //   m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2
 //   p -= lr * ( (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + weight_decay * p )

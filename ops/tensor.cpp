@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "ops/device_memory.h"
@@ -42,20 +44,50 @@ std::string shape_str(const Shape& s) {
   return os.str();
 }
 
-Buffer::Buffer(size_t bytes, Device dev) : size_bytes(bytes), device(dev) {
+namespace {
+// Host buffers are recycled by exact size: training allocates the same shapes every step,
+// and returning large blocks to the OS (munmap) makes every step pay page faults again.
+class HostCache {
+ public:
+  void* get(size_t bytes) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = free_.find(bytes);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    return p;
+  }
+  void put(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> g(mu_);
+    free_.emplace(bytes, p);
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+};
+HostCache& host_cache() {
+  static HostCache* c = new HostCache();  // never destroyed: buffers may outlive statics
+  return *c;
+}
+size_t host_rounded(size_t bytes) { return bytes == 0 ? 64 : (bytes + 63) / 64 * 64; }
+}  // namespace
+
+Buffer::Buffer(size_t bytes, Device dev, bool zero) : size_bytes(bytes), device(dev) {
   if (dev == Device::CPU) {
-    // 64-byte alignment for vector loads; calloc-like zeroing.
-    size_t rounded = (bytes + 63) / 64 * 64;
-    data = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    size_t rounded = host_rounded(bytes);  // 64-byte alignment for vector loads
+    data = host_cache().get(rounded);
+    if (!data) data = std::aligned_alloc(64, rounded);
     BRAID_CHECK(data != nullptr, "host allocation of " << bytes << " bytes failed");
-    std::memset(data, 0, rounded == 0 ? 64 : rounded);
+    if (zero) std::memset(data, 0, rounded);
   } else {
     data = device_alloc(bytes);
+    if (zero) device_memset_zero(data, bytes);
   }
 }
 
 Buffer::~Buffer() {
-  if (device == Device::CPU) std::free(data);
+  if (device == Device::CPU) host_cache().put(data, host_rounded(size_bytes));
   else device_free(data);
 }
 
@@ -63,8 +95,16 @@ Tensor::Tensor(Shape shape, DType dtype, Device device)
     : buffer_(std::make_shared<Buffer>(shape_numel(shape) * dtype_bytes(dtype), device)),
       shape_(std::move(shape)),
       dtype_(dtype),
-      device_(device) {
-  if (device == Device::CUDA) device_memset_zero(buffer_->data, buffer_->size_bytes);
+      device_(device) {}
+
+Tensor::Tensor(Shape shape, DType dtype, Device device, Uninitialized)
+    : buffer_(std::make_shared<Buffer>(shape_numel(shape) * dtype_bytes(dtype), device, false)),
+      shape_(std::move(shape)),
+      dtype_(dtype),
+      device_(device) {}
+
+Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
+  return Tensor(std::move(shape), dtype, device, Uninitialized{});
 }
 
 Tensor Tensor::view(int64_t offset, Shape shape) const {

@@ -30,7 +30,7 @@ struct Buffer {
   void* data = nullptr;
   size_t size_bytes = 0;
   Device device = Device::CPU;
-  Buffer(size_t bytes, Device dev);
+  Buffer(size_t bytes, Device dev, bool zero = true);
   ~Buffer();
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -38,9 +38,13 @@ struct Buffer {
 
 class Tensor {
  public:
+  struct Uninitialized {};
+  Tensor(Shape shape, DType dtype, Device device, Uninitialized);
   Tensor() = default;
   // Owning, zero-initialised tensor.
   Tensor(Shape shape, DType dtype = DType::F32, Device device = Device::CPU);
+  // Owning tensor whose contents are unspecified: for outputs a kernel fully overwrites.
+  static Tensor empty(Shape shape, DType dtype = DType::F32, Device device = Device::CPU);
 
   static Tensor zeros(Shape shape, DType dtype = DType::F32, Device device = Device::CPU) {
     return Tensor(std::move(shape), dtype, device);

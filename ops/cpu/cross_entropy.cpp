@@ -77,4 +77,39 @@ void xent_backward(float* dlogits, const float* logits, const int32_t* targets,
   }
 }
 
+void xent_exp_sum_inplace(float* row_sum, float* logits, const float* row_max, int64_t N, int Vl,
+                          int64_t vocab_start, int64_t vocab_real) {
+  int R = local_real(Vl, vocab_start, vocab_real);
+  for (int64_t n = 0; n < N; ++n) {
+    float* l = logits + n * Vl;
+    float m = row_max[n];
+    float s = 0.f;
+    for (int v = 0; v < R; ++v) {
+      float e = std::exp(l[v] - m);
+      l[v] = e;
+      s += e;
+    }
+    for (int v = R; v < Vl; ++v) l[v] = 0.f;
+    row_sum[n] = s;
+  }
+}
+
+void xent_backward_from_exp(float* d, const int32_t* targets, const float* row_sum, int64_t N,
+                            int Vl, int64_t vocab_start, int64_t vocab_real, float dloss_scale) {
+  int R = local_real(Vl, vocab_start, vocab_real);
+  for (int64_t n = 0; n < N; ++n) {
+    float* row = d + n * Vl;
+    if (targets[n] == kIgnoreIndex) {
+      for (int v = 0; v < Vl; ++v) row[v] = 0.f;
+      continue;
+    }
+    // Same arithmetic as xent_backward: p = exp * (1/sum), then (p - onehot) * scale.
+    float inv = 1.f / row_sum[n];
+    for (int v = 0; v < R; ++v) row[v] = row[v] * inv * dloss_scale;
+    int64_t tv = int64_t(targets[n]) - vocab_start;
+    if (tv >= 0 && tv < R) row[tv] -= dloss_scale;
+    for (int v = R; v < Vl; ++v) row[v] = 0.f;
+  }
+}
+
 }  // namespace braid::cpu

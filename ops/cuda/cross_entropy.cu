@@ -1,0 +1,162 @@
+// Vocab-parallel softmax cross-entropy on CUDA over bf16 logits, in the pieces of the CPU
+// op (ops/cpu/cross_entropy.cpp): the tensor-parallel layer all-reduces the row max, then
+// the row sum of exponentials, then the target logit, between these launches. One block
+// per row; statistics in fp32, block reductions in a fixed order (deterministic). Rows are
+// read with 16-byte loads when the row length allows (Vl a multiple of 8, as the padded
+// GPT-2 vocabulary 50304 is).
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/ops.h"
+
+namespace braid::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int32_t kIgnore = cpu::kIgnoreIndex;
+
+// Number of real (non-padding) columns of this shard, as the CPU op's local_real.
+__host__ __device__ inline int local_real(int Vl, int64_t vocab_start, int64_t vocab_real) {
+  const int64_t r = vocab_real - vocab_start;
+  if (r < 0) return 0;
+  return r < Vl ? int(r) : Vl;
+}
+
+// Calls f(v, logit) for v in [0, R) of the row, each column by one thread of the block.
+template <class F>
+__device__ __forceinline__ void for_each_logit(const bf16* row, int Vl, int R, F&& f) {
+  if ((Vl & 7) == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+    for (int v0 = threadIdx.x * 8; v0 < R; v0 += blockDim.x * 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(row + v0);
+      const bf16* x = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (v0 + k < R) f(v0 + k, to_float(x[k]));
+    }
+  } else {
+    for (int v = threadIdx.x; v < R; v += blockDim.x) f(v, to_float(row[v]));
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+local_max_kernel(float* row_max, const bf16* logits, int Vl, int R) {
+  __shared__ float shared[32];
+  const int64_t n = blockIdx.x;
+  float m = -INFINITY;
+  for_each_logit(logits + n * Vl, Vl, R, [&](int, float x) { m = fmaxf(m, x); });
+  m = block_max(m, shared);
+  if (threadIdx.x == 0) row_max[n] = m;
+}
+
+__global__ void __launch_bounds__(kThreads)
+local_sumexp_kernel(float* row_sum, const bf16* logits, const float* row_max, int Vl, int R) {
+  __shared__ float shared[32];
+  const int64_t n = blockIdx.x;
+  const float m = row_max[n];
+  float s = 0.f;
+  for_each_logit(logits + n * Vl, Vl, R, [&](int, float x) { s += expf(x - m); });
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) row_sum[n] = s;
+}
+
+__global__ void target_logit_kernel(float* target_logit, const bf16* logits,
+                                    const int32_t* targets, int64_t N, int Vl,
+                                    int64_t vocab_start) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const int64_t v = int64_t(targets[n]) - vocab_start;
+  const bool owned = targets[n] != kIgnore && v >= 0 && v < Vl;
+  target_logit[n] = owned ? to_float(logits[n * Vl + v]) : 0.f;
+}
+
+__global__ void losses_kernel(float* losses, const float* row_max, const float* row_sum,
+                              const float* target_logit, const int32_t* targets, int64_t N) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  losses[n] = targets[n] == kIgnore ? 0.f : logf(row_sum[n]) + row_max[n] - target_logit[n];
+}
+
+// Every element is read and written by the same thread, so dlogits may alias logits.
+__global__ void __launch_bounds__(kThreads)
+backward_kernel(bf16* dlogits, const bf16* logits, const int32_t* targets, const float* row_max,
+                const float* row_sum, int Vl, int R, int64_t vocab_start, float dloss_scale) {
+  const int64_t n = blockIdx.x;
+  bf16* d = dlogits + n * Vl;
+  const bf16* l = logits + n * Vl;
+  if (targets[n] == kIgnore) {
+    for (int v = threadIdx.x; v < Vl; v += blockDim.x) d[v] = to_bf16(0.f);
+    return;
+  }
+  const float m = row_max[n];
+  const float inv = 1.f / row_sum[n];
+  const int64_t tv = int64_t(targets[n]) - vocab_start;
+  if ((Vl & 7) == 0 && (reinterpret_cast<uintptr_t>(l) & 15) == 0 &&
+      (reinterpret_cast<uintptr_t>(d) & 15) == 0) {
+    for (int v0 = threadIdx.x * 8; v0 < Vl; v0 += blockDim.x * 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(l + v0);
+      const bf16* x = reinterpret_cast<const bf16*>(&raw);
+      uint4 res;
+      bf16* y = reinterpret_cast<bf16*>(&res);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int v = v0 + k;
+        const float p = expf(to_float(x[k]) - m) * inv;
+        y[k] = to_bf16(v < R ? (p - (v == tv ? 1.f : 0.f)) * dloss_scale : 0.f);
+      }
+      *reinterpret_cast<uint4*>(d + v0) = res;
+    }
+  } else {
+    for (int v = threadIdx.x; v < Vl; v += blockDim.x) {
+      const float p = expf(to_float(l[v]) - m) * inv;
+      d[v] = to_bf16(v < R ? (p - (v == tv ? 1.f : 0.f)) * dloss_scale : 0.f);
+    }
+  }
+}
+
+}  // namespace
+
+void xent_local_max(float* row_max, const bf16* logits, int64_t N, int Vl, int64_t vocab_start,
+                    int64_t vocab_real, cudaStream_t stream) {
+  if (N == 0) return;
+  local_max_kernel<<<unsigned(N), kThreads, 0, stream>>>(row_max, logits, Vl,
+                                                         local_real(Vl, vocab_start, vocab_real));
+  BRAID_CHECK_LAUNCH();
+}
+
+void xent_local_sumexp(float* row_sum, const bf16* logits, const float* row_max, int64_t N,
+                       int Vl, int64_t vocab_start, int64_t vocab_real, cudaStream_t stream) {
+  if (N == 0) return;
+  local_sumexp_kernel<<<unsigned(N), kThreads, 0, stream>>>(
+      row_sum, logits, row_max, Vl, local_real(Vl, vocab_start, vocab_real));
+  BRAID_CHECK_LAUNCH();
+}
+
+void xent_target_logit(float* target_logit, const bf16* logits, const int32_t* targets,
+                       int64_t N, int Vl, int64_t vocab_start, cudaStream_t stream) {
+  if (N == 0) return;
+  target_logit_kernel<<<unsigned(ceil_div(N, 256)), 256, 0, stream>>>(target_logit, logits,
+                                                                      targets, N, Vl, vocab_start);
+  BRAID_CHECK_LAUNCH();
+}
+
+void xent_losses(float* losses, const float* row_max, const float* row_sum,
+                 const float* target_logit, const int32_t* targets, int64_t N,
+                 cudaStream_t stream) {
+  if (N == 0) return;
+  losses_kernel<<<unsigned(ceil_div(N, 256)), 256, 0, stream>>>(losses, row_max, row_sum,
+                                                                target_logit, targets, N);
+  BRAID_CHECK_LAUNCH();
+}
+
+void xent_backward(bf16* dlogits, const bf16* logits, const int32_t* targets,
+                   const float* row_max, const float* row_sum, int64_t N, int Vl,
+                   int64_t vocab_start, int64_t vocab_real, float dloss_scale,
+                   cudaStream_t stream) {
+  if (N == 0) return;
+  backward_kernel<<<unsigned(N), kThreads, 0, stream>>>(dlogits, logits, targets, row_max,
+                                                        row_sum, Vl,
+                                                        local_real(Vl, vocab_start, vocab_real),
+                                                        vocab_start, dloss_scale);
+  BRAID_CHECK_LAUNCH();
+}
+
+}  // namespace braid::cuda

@@ -1,0 +1,222 @@
+// Linear layers through cuBLASLt: bf16 operands, fp32 compute (CUBLAS_COMPUTE_32F), the bias
+// and GELU fused into the forward GEMM's epilogue where cuBLASLt offers them for an fp32
+// bias, fp32 weight gradients accumulated by the GEMM itself (beta = 1, bf16 A/B, fp32 C/D).
+//
+// Row-major X[M,K] is column-major X^T, so in cuBLASLt's column-major terms:
+//   forward  D = out^T [OC x N]:  m=OC, n=N,  k=IC, A = w   (stored IC x OC, op T), B = inp
+//   dinp     D = dinp^T [IC x N]: m=IC, n=N,  k=OC, A = w   (stored IC x OC, op N), B = dout
+//   dw       D = dw^T [IC x OC]:  m=IC, n=OC, k=N,  A = inp (stored IC x N,  op N),
+//                                 B = dout (stored OC x N, op T)
+// The algorithm for a configuration (shape, types, epilogue, pointer alignments) is chosen
+// once by cuBLASLt's heuristic and cached, so every call of a shape runs the same kernel:
+// results are reproducible run to run.
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace braid::cuda {
+namespace {
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
+
+struct GemmSpec {
+  bool transa = false, transb = false;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldd = 0;
+  cudaDataType_t ab_type = CUDA_R_16BF, d_type = CUDA_R_16BF;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  int64_t aux_ld = 0;
+};
+
+// Largest power of two (<= 256) dividing the address: cuBLASLt picks kernels by alignment.
+int alignment(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  int al = 1;
+  while (al < 256 && (a % (2 * al)) == 0) al *= 2;
+  return a == 0 ? 256 : al;
+}
+
+struct Descriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~Descriptors() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+using AlgoKey = std::tuple<cublasLtHandle_t, bool, bool, int64_t, int64_t, int64_t, int64_t,
+                           int64_t, int64_t, int, int, int, int, int, int, int, int>;
+struct AlgoCache {
+  std::mutex mu;
+  std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>> algos;  // false: unsupported
+};
+AlgoCache& algo_cache() {
+  static AlgoCache* c = new AlgoCache();  // process lifetime, like the handles it serves
+  return *c;
+}
+
+std::atomic<int64_t> g_unfused_epilogues{0};
+
+// D = alpha op(A) op(B) + beta D with the spec's epilogue. Returns false (and does nothing)
+// when cuBLASLt has no algorithm for the configuration; throws on any other failure.
+bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void* B, void* D,
+              float beta, const float* bias, void* aux, cudaStream_t stream) {
+  Descriptors desc;
+  BRAID_CHECK_CUBLAS(cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = s.transa ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t tb = s.transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta,
+                                                    sizeof(ta)));
+  BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb,
+                                                    sizeof(tb)));
+  BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                    &s.epilogue, sizeof(s.epilogue)));
+  if (bias) {
+    const int32_t bias_type = CUDA_R_32F;
+    BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(
+        desc.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+    BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                      &bias, sizeof(bias)));
+  }
+  if (aux) {
+    BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(
+        desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+    BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                      &s.aux_ld, sizeof(s.aux_ld)));
+  }
+  // Stored shapes (before op): A is m x k (or k x m transposed), B is k x n (or n x k).
+  BRAID_CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&desc.a, s.ab_type, s.transa ? s.k : s.m,
+                                                s.transa ? s.m : s.k, s.lda));
+  BRAID_CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&desc.b, s.ab_type, s.transb ? s.n : s.k,
+                                                s.transb ? s.k : s.n, s.ldb));
+  BRAID_CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&desc.d, s.d_type, s.m, s.n, s.ldd));
+
+  const AlgoKey key{h.lt,         s.transa,        s.transb,         s.m,
+                    s.n,          s.k,             s.lda,            s.ldb,
+                    s.ldd,        int(s.ab_type),  int(s.d_type),    int(s.epilogue),
+                    alignment(A), alignment(B),    alignment(D),     alignment(bias),
+                    alignment(aux)};
+  std::pair<bool, cublasLtMatmulAlgo_t> found{};
+  {
+    auto& cache = algo_cache();
+    std::lock_guard<std::mutex> lock(cache.mu);
+    auto it = cache.algos.find(key);
+    if (it != cache.algos.end()) {
+      found = it->second;
+    } else {
+      BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&desc.pref));
+      BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+          desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &h.workspace_bytes,
+          sizeof(h.workspace_bytes)));
+      cublasLtMatmulHeuristicResult_t result{};
+      int count = 0;
+      const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+          h.lt, desc.op, desc.a, desc.b, desc.d, desc.d, desc.pref, 1, &result, &count);
+      if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && count == 0)) {
+        found = {false, {}};
+      } else {
+        BRAID_CHECK_CUBLAS(st);
+        found = {true, result.algo};
+      }
+      cache.algos.emplace(key, found);
+    }
+  }
+  if (!found.first) return false;
+  const float alpha = 1.f;
+  BRAID_CHECK_CUBLAS(cublasLtMatmul(h.lt, desc.op, &alpha, A, desc.a, B, desc.b, &beta, D,
+                                    desc.d, D, desc.d, &found.second, h.workspace,
+                                    h.workspace_bytes, stream));
+  return true;
+}
+
+// The epilogue as a second pass, when cuBLASLt cannot fuse it: pre = bf16(out + bias);
+// out = gelu(pre) (or pre).
+__global__ void bias_gelu_kernel(bf16* out, bf16* pre_gelu, const float* bias, int64_t N,
+                                 int OC, bool gelu) {
+  const int64_t total = N * OC;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float x = to_float(out[i]);
+    if (bias) x = to_float(to_bf16(x + bias[i % OC]));
+    if (gelu) {
+      pre_gelu[i] = to_bf16(x);
+      const float cube = 0.044715f * x * x * x;
+      x = 0.5f * x * (1.0f + tanhf(kGeluScale * (x + cube)));
+    }
+    out[i] = to_bf16(x);
+  }
+}
+
+}  // namespace
+
+int64_t matmul_unfused_epilogue_count() { return g_unfused_epilogues.load(); }
+
+void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf16* inp,
+                    const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,
+                    cudaStream_t stream) {
+  if (N == 0) return;
+  BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
+              "matmul_forward: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
+  BRAID_CHECK(!gelu || pre_gelu != nullptr, "matmul_forward: gelu needs pre_gelu");
+  GemmSpec s;
+  s.transa = true;
+  s.m = OC, s.n = N, s.k = IC;
+  s.lda = IC, s.ldb = IC, s.ldd = OC;
+  if (gelu) {
+    s.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    s.aux_ld = OC;
+  } else if (bias) {
+    s.epilogue = CUBLASLT_EPILOGUE_BIAS;
+  }
+  if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT &&
+      run_gemm(gemm, s, w, inp, out, 0.f, bias, gelu ? pre_gelu : nullptr, stream))
+    return;
+  s.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  s.aux_ld = 0;
+  BRAID_CHECK(run_gemm(gemm, s, w, inp, out, 0.f, nullptr, nullptr, stream),
+              "cuBLASLt has no algorithm for the forward GEMM N=" << N << " IC=" << IC
+                                                                  << " OC=" << OC);
+  if (bias || gelu) {
+    ++g_unfused_epilogues;
+    bias_gelu_kernel<<<elementwise_blocks(N * OC, 256), 256, 0, stream>>>(out, pre_gelu, bias,
+                                                                          N, OC, gelu);
+    BRAID_CHECK_LAUNCH();
+  }
+}
+
+void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias,
+                     void* scratch, const bf16* dout, const bf16* inp, const bf16* w, int64_t N,
+                     int IC, int OC, bool accumulate_dinp, cudaStream_t stream) {
+  if (N == 0) return;
+  BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
+              "matmul_backward: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
+  if (dinp) {
+    GemmSpec s;
+    s.m = IC, s.n = N, s.k = OC;
+    s.lda = IC, s.ldb = OC, s.ldd = IC;
+    BRAID_CHECK(run_gemm(gemm, s, w, dout, dinp, accumulate_dinp ? 1.f : 0.f, nullptr, nullptr,
+                         stream),
+                "cuBLASLt has no algorithm for the dinp GEMM");
+  }
+  if (dw) {
+    GemmSpec s;
+    s.transb = true;
+    s.m = IC, s.n = OC, s.k = N;
+    s.lda = IC, s.ldb = OC, s.ldd = IC;
+    s.d_type = CUDA_R_32F;
+    BRAID_CHECK(run_gemm(gemm, s, inp, dout, dw, 1.f, nullptr, nullptr, stream),
+                "cuBLASLt has no algorithm for the dw GEMM (bf16 x bf16 -> fp32)");
+  }
+  if (dbias) bias_backward(dbias, scratch, dout, N, OC, stream);
+}
+
+}  // namespace braid::cuda
