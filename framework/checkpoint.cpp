@@ -218,10 +218,12 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointState& s
   }
   // Raw data: independent writes of the slices this rank owns.
   const RankGrid& grid = groups.grid;
+  Tensor host = store.host_values();  // device parameters are written from a host copy
   if (grid.dp_rank == 0) {
     for (const Param& p : store.params()) {
       if (p.spec.tied_copy || (p.spec.tp_replicated() && grid.tp_rank != 0)) continue;
-      const float* srcs[3] = {p.value.f32(), m_flat.data() + p.flat_offset, v_flat.data() + p.flat_offset};
+      const float* srcs[3] = {host.f32() + p.flat_offset, m_flat.data() + p.flat_offset,
+                              v_flat.data() + p.flat_offset};
       for (int gi = 0; gi < 3; ++gi) {
         hid_t d = dsets.at(std::string(kGroups[gi]) + "/" + p.spec.name);
         hid_t mem = make_space(p.spec.local_shape());
@@ -343,8 +345,9 @@ CheckpointState load_checkpoint(const std::string& dir, ParamStore& store, Optim
   hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   BRAID_CHECK(f >= 0, "cannot open " << file);
   std::vector<float> m_flat(size_t(store.flat_size()), 0.f), v_flat(size_t(store.flat_size()), 0.f);
+  Tensor host = store.host_values();
   for (Param& p : store.params()) {
-    float* dsts[3] = {p.value.f32(), m_flat.data() + p.flat_offset, v_flat.data() + p.flat_offset};
+    float* dsts[3] = {host.f32() + p.flat_offset, m_flat.data() + p.flat_offset, v_flat.data() + p.flat_offset};
     for (int gi = 0; gi < 3; ++gi) {
       std::string ds = std::string("/") + kGroups[gi] + "/" + p.spec.name;
       hid_t d = H5Dopen2(f, ds.c_str(), H5P_DEFAULT);
@@ -359,6 +362,7 @@ CheckpointState load_checkpoint(const std::string& dir, ParamStore& store, Optim
     }
   }
   H5Fclose(f);
+  store.set_values(host);
   CheckpointState st;
   st.step = man.at("step");
   st.data_position = man.at("data_position");

@@ -8,13 +8,13 @@
 #include <cmath>
 #include <cstring>
 
-#include "ops/ops.h"
 #include "parallel/tp_mappings.h"
 
 namespace braid {
 
-Gpt::Gpt(const ModelConfig& cfg, const ModelLayout& layout, Communicator& tp, int micro_batch)
-    : cfg_(cfg), layout_(layout), tp_(tp), B_(micro_batch) {}
+Gpt::Gpt(const ModelConfig& cfg, const ModelLayout& layout, Communicator& tp, int micro_batch,
+         Backend& backend)
+    : cfg_(cfg), layout_(layout), tp_(tp), B_(micro_batch), be_(backend) {}
 
 void Gpt::register_params(ParamStore& store, bool /*unused*/) {
   store_ = &store;
@@ -105,6 +105,8 @@ void Gpt::register_params(ParamStore& store, bool /*unused*/) {
   }
 }
 
+void Gpt::bind_backend() { be_.bind(*store_); }
+
 // ---- TP boundaries -------------------------------------------------------------------
 
 void Gpt::to_full_seq(const Tensor& local, Tensor& full) {
@@ -112,29 +114,28 @@ void Gpt::to_full_seq(const Tensor& local, Tensor& full) {
     full = local;  // copy_to_tp forward: identity
     return;
   }
-  full = Tensor::empty({B_, cfg_.seq_len, cfg_.n_embd});
-  tp_gather_seq(tp_, local.f32(), full.f32(), B_, cfg_.seq_len, cfg_.n_embd, scratch_);
+  full = be_.activation({B_, cfg_.seq_len, cfg_.n_embd});
+  tp_gather_seq(tp_, local, full, B_, cfg_.seq_len);
 }
 
 void Gpt::grad_from_full_seq(Tensor& dfull, Tensor& dlocal) {
   if (!layout_.sequence_parallel) {
-    tp_all_reduce(tp_, dfull.f32(), dfull.numel());  // copy_to_tp backward
+    tp_all_reduce(tp_, dfull);  // copy_to_tp backward
     dlocal = dfull;
     return;
   }
-  dlocal = Tensor::empty({B_, layout_.seq_local(cfg_), cfg_.n_embd});
-  tp_reduce_scatter_seq(tp_, dfull.f32(), dlocal.f32(), B_, cfg_.seq_len, cfg_.n_embd, scratch_);
+  dlocal = be_.activation({B_, layout_.seq_local(cfg_), cfg_.n_embd});
+  tp_reduce_scatter_seq(tp_, dfull, dlocal, B_, cfg_.seq_len);
 }
 
 void Gpt::partial_to_local(Tensor& partial_full, Tensor& out_local) {
   if (!layout_.sequence_parallel) {
-    tp_all_reduce(tp_, partial_full.f32(), partial_full.numel());  // reduce_from_tp forward
+    tp_all_reduce(tp_, partial_full);  // reduce_from_tp forward
     out_local = partial_full;
     return;
   }
-  out_local = Tensor::empty({B_, layout_.seq_local(cfg_), cfg_.n_embd});
-  tp_reduce_scatter_seq(tp_, partial_full.f32(), out_local.f32(), B_, cfg_.seq_len, cfg_.n_embd,
-                        scratch_);
+  out_local = be_.activation({B_, layout_.seq_local(cfg_), cfg_.n_embd});
+  tp_reduce_scatter_seq(tp_, partial_full, out_local, B_, cfg_.seq_len);
 }
 
 void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
@@ -142,62 +143,49 @@ void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
     dfull = dlocal;  // reduce_from_tp backward: identity
     return;
   }
-  dfull = Tensor::empty({B_, cfg_.seq_len, cfg_.n_embd});
-  tp_gather_seq(tp_, dlocal.f32(), dfull.f32(), B_, cfg_.seq_len, cfg_.n_embd, scratch_);
+  dfull = be_.activation({B_, cfg_.seq_len, cfg_.n_embd});
+  tp_gather_seq(tp_, dlocal, dfull, B_, cfg_.seq_len);
 }
-
-namespace {
-void add_bias_rows(float* x, const float* bias, int64_t N, int C) {
-  for (int64_t n = 0; n < N; ++n)
-    for (int c = 0; c < C; ++c) x[n * C + c] += bias[c];
-}
-void bias_grad_rows(float* dbias, const float* dout, int64_t N, int C) {
-  for (int64_t n = 0; n < N; ++n)
-    for (int c = 0; c < C; ++c) dbias[c] += dout[n * C + c];
-}
-}  // namespace
 
 // ---- one transformer block -----------------------------------------------------------
+// The row-parallel layers' bias is replicated: TP rank 0 adds it to its partial sum, so
+// the reduction adds it exactly once (its gradient is the sum of the output gradient).
 
 void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int Cl = C / layout_.tp, NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
+  const bool rank0 = layout_.tp_rank == 0;
   a.input = x;
-  a.ln1 = Tensor::empty({B_, Ts, C});
-  a.ln1_mean = Tensor::empty({Ns});
-  a.ln1_rstd = Tensor::empty({Ns});
-  cpu::layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), x.f32(), val(lp.ln1w),
-                         val(lp.ln1b), Ns, C);
+  a.ln1 = be_.activation({B_, Ts, C});
+  a.ln1_mean = be_.stats({Ns});
+  a.ln1_rstd = be_.stats({Ns});
+  be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, lp.ln1w, lp.ln1b);
   to_full_seq(a.ln1, a.ln1_full);
-  a.qkv = Tensor::empty({B_, T, 3 * Cl});
-  cpu::matmul_forward(a.qkv.f32(), a.ln1_full.f32(), val(lp.qkvw), val(lp.qkvb), N, C, 3 * Cl);
-  a.att = Tensor::empty({B_, NHl, T, T});
-  a.atty = Tensor::empty({B_, T, Cl});
-  cpu::attention_forward(a.atty.f32(), a.att.f32(), a.qkv.f32(), B_, T, NHl, HS);
-  Tensor proj_partial = Tensor::empty({B_, T, C}), proj;
-  cpu::matmul_forward(proj_partial.f32(), a.atty.f32(), val(lp.projw), nullptr, N, Cl, C);
+  a.qkv = be_.activation({B_, T, 3 * Cl});
+  be_.matmul_forward(a.qkv, a.ln1_full, lp.qkvw, lp.qkvb, N, C, 3 * Cl);
+  a.atty = be_.activation({B_, T, Cl});
+  be_.attention_forward(a.atty, a.att, a.qkv, B_, T, NHl, HS);
+  Tensor proj_partial = be_.activation({B_, T, C}), proj;
+  be_.matmul_forward(proj_partial, a.atty, lp.projw, rank0 ? lp.projb : -1, N, Cl, C);
   partial_to_local(proj_partial, proj);
-  add_bias_rows(proj.f32(), val(lp.projb), Ns, C);
-  a.res2 = Tensor::empty({B_, Ts, C});
-  cpu::residual_forward(a.res2.f32(), x.f32(), proj.f32(), Ns * C);
+  a.res2 = be_.activation({B_, Ts, C});
+  be_.residual_forward(a.res2, x, proj);
 
-  a.ln2 = Tensor::empty({B_, Ts, C});
-  a.ln2_mean = Tensor::empty({Ns});
-  a.ln2_rstd = Tensor::empty({Ns});
-  cpu::layernorm_forward(a.ln2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), a.res2.f32(),
-                         val(lp.ln2w), val(lp.ln2b), Ns, C);
+  a.ln2 = be_.activation({B_, Ts, C});
+  a.ln2_mean = be_.stats({Ns});
+  a.ln2_rstd = be_.stats({Ns});
+  be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, lp.ln2w, lp.ln2b);
   to_full_seq(a.ln2, a.ln2_full);
-  a.fch = Tensor::empty({B_, T, 4 * Cl});
-  a.fch_gelu = Tensor::empty({B_, T, 4 * Cl});
-  cpu::matmul_forward(a.fch.f32(), a.ln2_full.f32(), val(lp.fcw), val(lp.fcb), N, C, 4 * Cl);
-  cpu::gelu_forward(a.fch_gelu.f32(), a.fch.f32(), N * 4 * Cl);
-  Tensor fc_partial = Tensor::empty({B_, T, C}), fcproj;
-  cpu::matmul_forward(fc_partial.f32(), a.fch_gelu.f32(), val(lp.fcprojw), nullptr, N, 4 * Cl, C);
+  a.fch = be_.activation({B_, T, 4 * Cl});
+  a.fch_gelu = be_.activation({B_, T, 4 * Cl});
+  be_.matmul_forward(a.fch, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
+  be_.gelu_forward(a.fch_gelu, a.fch);
+  Tensor fc_partial = be_.activation({B_, T, C}), fcproj;
+  be_.matmul_forward(fc_partial, a.fch_gelu, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, 4 * Cl, C);
   partial_to_local(fc_partial, fcproj);
-  add_bias_rows(fcproj.f32(), val(lp.fcprojb), Ns, C);
-  out = Tensor::empty({B_, Ts, C});
-  cpu::residual_forward(out.f32(), a.res2.f32(), fcproj.f32(), Ns * C);
+  out = be_.activation({B_, Ts, C});
+  be_.residual_forward(out, a.res2, fcproj);
 }
 
 void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
@@ -211,41 +199,35 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   };
   // MLP half: out = res2 + FcProj(GELU(Fc(LN2(res2))))
   Tensor dres2 = dx.clone();
-  bias_grad_rows(grad(lp.fcprojb), dx.f32(), Ns, C);
+  be_.bias_backward(dx, lp.fcprojb, Ns, C);
   Tensor dpartial;
   grad_to_partial(dx, dpartial);
-  Tensor dgelu({B_, T, 4 * Cl});
-  cpu::matmul_backward(dgelu.f32(), grad(lp.fcprojw), nullptr, dpartial.f32(), a.fch_gelu.f32(),
-                       val(lp.fcprojw), N, 4 * Cl, C);
+  Tensor dgelu = be_.activation({B_, T, 4 * Cl});
+  be_.matmul_backward(&dgelu, dpartial, a.fch_gelu, lp.fcprojw, -1, N, 4 * Cl, C);
   done({lp.fcprojb, lp.fcprojw});
-  Tensor dfch({B_, T, 4 * Cl});
-  cpu::gelu_backward(dfch.f32(), a.fch.f32(), dgelu.f32(), N * 4 * Cl);
-  Tensor dln2_full({B_, T, C}), dln2;
-  cpu::matmul_backward(dln2_full.f32(), grad(lp.fcw), grad(lp.fcb), dfch.f32(), a.ln2_full.f32(),
-                       val(lp.fcw), N, C, 4 * Cl);
+  Tensor dfch = be_.activation({B_, T, 4 * Cl});
+  be_.gelu_backward(dfch, a.fch, dgelu);
+  Tensor dln2_full = be_.activation({B_, T, C}), dln2;
+  be_.matmul_backward(&dln2_full, dfch, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
   done({lp.fcw, lp.fcb});
   grad_from_full_seq(dln2_full, dln2);
-  cpu::layernorm_backward(dres2.f32(), grad(lp.ln2w), grad(lp.ln2b), dln2.f32(), a.res2.f32(),
-                          val(lp.ln2w), a.ln2_mean.f32(), a.ln2_rstd.f32(), Ns, C);
+  be_.layernorm_backward_accumulate(dres2, dln2, a.res2, lp.ln2w, lp.ln2b, a.ln2_mean, a.ln2_rstd);
   done({lp.ln2w, lp.ln2b});
 
   // Attention half: res2 = x + Proj(Attn(LN1(x)))
   Tensor dinp = dres2.clone();
-  bias_grad_rows(grad(lp.projb), dres2.f32(), Ns, C);
+  be_.bias_backward(dres2, lp.projb, Ns, C);
   grad_to_partial(dres2, dpartial);
-  Tensor datty({B_, T, Cl});
-  cpu::matmul_backward(datty.f32(), grad(lp.projw), nullptr, dpartial.f32(), a.atty.f32(),
-                       val(lp.projw), N, Cl, C);
+  Tensor datty = be_.activation({B_, T, Cl});
+  be_.matmul_backward(&datty, dpartial, a.atty, lp.projw, -1, N, Cl, C);
   done({lp.projb, lp.projw});
-  Tensor dqkv({B_, T, 3 * Cl});
-  cpu::attention_backward(dqkv.f32(), datty.f32(), a.qkv.f32(), a.att.f32(), B_, T, NHl, HS);
-  Tensor dln1_full({B_, T, C}), dln1;
-  cpu::matmul_backward(dln1_full.f32(), grad(lp.qkvw), grad(lp.qkvb), dqkv.f32(),
-                       a.ln1_full.f32(), val(lp.qkvw), N, C, 3 * Cl);
+  Tensor dqkv = be_.activation({B_, T, 3 * Cl});
+  be_.attention_backward(dqkv, datty, a.qkv, a.atty, a.att, B_, T, NHl, HS);
+  Tensor dln1_full = be_.activation({B_, T, C}), dln1;
+  be_.matmul_backward(&dln1_full, dqkv, a.ln1_full, lp.qkvw, lp.qkvb, N, C, 3 * Cl);
   done({lp.qkvw, lp.qkvb});
   grad_from_full_seq(dln1_full, dln1);
-  cpu::layernorm_backward(dinp.f32(), grad(lp.ln1w), grad(lp.ln1b), dln1.f32(), a.input.f32(),
-                          val(lp.ln1w), a.ln1_mean.f32(), a.ln1_rstd.f32(), Ns, C);
+  be_.layernorm_backward_accumulate(dinp, dln1, a.input, lp.ln1w, lp.ln1b, a.ln1_mean, a.ln1_rstd);
   done({lp.ln1w, lp.ln1b});
   dx = dinp;
   a = LayerActivations{};  // free this layer's activations as soon as they are used
@@ -258,80 +240,50 @@ void Gpt::embedding_forward(const ModelChunk& ch, ChunkActivations& acts, Tensor
   const int64_t N = int64_t(B_) * T;
   BRAID_CHECK(int64_t(acts.tokens.size()) == N, "embedding input has " << acts.tokens.size()
                                                                        << " tokens, expected " << N);
-  const Param& wte = (*store_)[ch.wte];
-  Tensor partial = Tensor::empty({B_, T, C});
-  cpu::embedding_forward(partial.f32(), acts.tokens.data(), wte.value.f32(), N, C,
-                         wte.spec.shard_offset, wte.spec.storage_rows);
+  Tensor partial = be_.activation({B_, T, C});
+  be_.embedding_forward(partial, acts.tokens, ch.wte);
   partial_to_local(partial, out);  // vocab-parallel: each shard contributes its rows
   int pos_offset = layout_.sequence_parallel ? layout_.tp_rank * Ts : 0;
-  cpu::position_forward(out.f32(), val(ch.wpe), B_, Ts, C, pos_offset);
+  be_.position_forward(out, ch.wpe, B_, Ts, pos_offset);
 }
 
 void Gpt::embedding_backward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& dx) {
-  const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
-  const int64_t N = int64_t(B_) * T;
+  const int Ts = layout_.seq_local(cfg_);
   int pos_offset = layout_.sequence_parallel ? layout_.tp_rank * Ts : 0;
-  cpu::position_backward(grad(ch.wpe), dx.f32(), B_, Ts, C, pos_offset);
+  be_.position_backward(dx, ch.wpe, B_, Ts, pos_offset);
   Tensor dfull;
   grad_to_partial(dx, dfull);
-  const Param& wte = (*store_)[ch.wte];
-  cpu::embedding_backward(wte.grad.f32(), dfull.f32(), acts.tokens.data(), N, C,
-                          wte.spec.shard_offset, wte.spec.storage_rows);
+  be_.embedding_backward(dfull, acts.tokens, ch.wte);
 }
 
 void Gpt::head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& x,
                        bool compute_grad, float dloss_scale) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
-  acts.lnf = Tensor::empty({B_, Ts, C});
-  acts.lnf_mean = Tensor::empty({Ns});
-  acts.lnf_rstd = Tensor::empty({Ns});
-  cpu::layernorm_forward(acts.lnf.f32(), acts.lnf_mean.f32(), acts.lnf_rstd.f32(), x.f32(),
-                         val(ch.lnfw), val(ch.lnfb), Ns, C);
+  acts.lnf = be_.activation({B_, Ts, C});
+  acts.lnf_mean = be_.stats({Ns});
+  acts.lnf_rstd = be_.stats({Ns});
+  be_.layernorm_forward(acts.lnf, acts.lnf_mean, acts.lnf_rstd, x, ch.lnfw, ch.lnfb);
   to_full_seq(acts.lnf, acts.lnf_full);
   const Param& wte = (*store_)[ch.wte];
   const int Vl = int(wte.spec.storage_rows);
-  const int64_t vstart = wte.spec.shard_offset;
-  acts.logits = Tensor::empty({B_, T, Vl});
-  cpu::matmul_forward(acts.logits.f32(), acts.lnf_full.f32(), wte.value.f32(), nullptr, N, C, Vl);
+  acts.logits = be_.activation({B_, T, Vl});
+  be_.matmul_forward(acts.logits, acts.lnf_full, ch.wte, -1, N, C, Vl);
   if (acts.targets.empty()) return;  // inference: keep the logits
   BRAID_CHECK(int64_t(acts.targets.size()) == N, "targets size");
-  // Vocab-parallel cross-entropy: the logits are never gathered; three all-reduces of
-  // N floats each (max, sum of exponentials, target logit) assemble the softmax.
-  std::vector<float> row_max(N), row_sum(N), tlogit(N), losses(N);
-  cpu::xent_local_max(row_max.data(), acts.logits.f32(), N, Vl, vstart, cfg_.vocab_size);
-  tp_.all_reduce(row_max.data(), N, DType::F32, ReduceOp::Max);
-  cpu::xent_target_logit(tlogit.data(), acts.logits.f32(), acts.targets.data(), N, Vl, vstart);
-  tp_.all_reduce(tlogit.data(), N, DType::F32, ReduceOp::Sum);
-  if (compute_grad)  // each exponential once: the logits buffer becomes exp(l - max)
-    cpu::xent_exp_sum_inplace(row_sum.data(), acts.logits.f32(), row_max.data(), N, Vl, vstart,
-                              cfg_.vocab_size);
-  else
-    cpu::xent_local_sumexp(row_sum.data(), acts.logits.f32(), row_max.data(), N, Vl, vstart,
-                           cfg_.vocab_size);
-  tp_.all_reduce(row_sum.data(), N, DType::F32, ReduceOp::Sum);
-  cpu::xent_losses(losses.data(), row_max.data(), row_sum.data(), tlogit.data(),
-                   acts.targets.data(), N);
-  double s = 0;
-  for (int64_t n = 0; n < N; ++n) s += losses[n];
-  acts.loss_sum = s;
-  if (compute_grad)  // in place: exp(logits) become dlogits (the loss scale is known up front)
-    cpu::xent_backward_from_exp(acts.logits.f32(), acts.targets.data(), row_sum.data(), N, Vl,
-                                vstart, cfg_.vocab_size, dloss_scale);
+  acts.loss_sum = be_.cross_entropy(acts.logits, acts.targets, N, Vl, wte.spec.shard_offset,
+                                    cfg_.vocab_size, tp_, compute_grad, dloss_scale);
 }
 
 void Gpt::head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
-  const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
-  const Param& wte = (*store_)[ch.wte];
-  const int Vl = int(wte.spec.storage_rows);
-  Tensor dlnf_full({B_, T, C}), dlnf;
-  cpu::matmul_backward(dlnf_full.f32(), wte.grad.f32(), nullptr, acts.logits.f32(),
-                       acts.lnf_full.f32(), wte.value.f32(), N, C, Vl);
+  const int64_t N = int64_t(B_) * T;
+  const int Vl = int((*store_)[ch.wte].spec.storage_rows);
+  Tensor dlnf_full = be_.activation({B_, T, C}), dlnf;
+  be_.matmul_backward(&dlnf_full, acts.logits, acts.lnf_full, ch.wte, -1, N, C, Vl);
   grad_from_full_seq(dlnf_full, dlnf);
-  dx = Tensor({B_, Ts, C});
-  cpu::layernorm_backward(dx.f32(), grad(ch.lnfw), grad(ch.lnfb), dlnf.f32(), acts.output.f32(),
-                          val(ch.lnfw), acts.lnf_mean.f32(), acts.lnf_rstd.f32(), Ns, C);
+  dx = be_.activation_zeros({B_, Ts, C});
+  be_.layernorm_backward_accumulate(dx, dlnf, acts.output, ch.lnfw, ch.lnfb, acts.lnf_mean, acts.lnf_rstd);
 }
 
 // ---- chunks --------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include <memory>
 #include <vector>
 
+#include "framework/backend.h"
 #include "framework/model_config.h"
 #include "framework/params.h"
 #include "parallel/communicator.h"
@@ -35,7 +36,7 @@ struct LayerActivations {
   Tensor input;                  // [B,Ts,C] residual in
   Tensor ln1, ln1_mean, ln1_rstd;
   Tensor ln1_full;               // [B,T,C] (gathered under SP, else aliases ln1)
-  Tensor qkv, att, atty;         // [B,T,3Cl], [B,NHl,T,T], [B,T,Cl]
+  Tensor qkv, att, atty;         // [B,T,3Cl], backend's saved state, [B,T,Cl]
   Tensor res2;                   // [B,Ts,C] after attention residual
   Tensor ln2, ln2_mean, ln2_rstd, ln2_full;
   Tensor fch, fch_gelu;          // [B,T,4Cl]
@@ -52,10 +53,14 @@ struct ChunkActivations {
 
 class Gpt {
  public:
-  Gpt(const ModelConfig& cfg, const ModelLayout& layout, Communicator& tp, int micro_batch);
+  Gpt(const ModelConfig& cfg, const ModelLayout& layout, Communicator& tp, int micro_batch,
+      Backend& backend);
 
-  // Registers this rank's parameters in `store` (call before store.finalize()).
+  // Registers this rank's parameters in `store` (call before store.finalize()), then
+  // bind_backend() after store.finalize() (and after values live where they will stay).
   void register_params(ParamStore& store, bool tied_copy_on_head);
+  void bind_backend();
+  Backend& backend() { return be_; }
   ParamStore& store() { return *store_; }
   const std::vector<ModelChunk>& chunks() const { return chunks_; }
   const ModelConfig& config() const { return cfg_; }
@@ -93,8 +98,6 @@ class Gpt {
   void partial_to_local(Tensor& partial_full, Tensor& out_local);
   void grad_to_partial(const Tensor& dlocal, Tensor& dfull);
 
-  float* val(int i) { return (*store_)[i].value.f32(); }
-  float* grad(int i) { return (*store_)[i].grad.f32(); }
 
   ModelConfig cfg_;
   ModelLayout layout_;
@@ -102,7 +105,7 @@ class Gpt {
   int B_;
   ParamStore* store_ = nullptr;
   std::vector<ModelChunk> chunks_;
-  std::vector<float> scratch_;
+  Backend& be_;
 };
 
 }  // namespace braid

@@ -31,7 +31,7 @@ int ParamStore::add(ParamSpec spec) {
   return int(params_.size()) - 1;
 }
 
-void ParamStore::finalize(int64_t bucket_elems, int dp_size) {
+void ParamStore::finalize(int64_t bucket_elems, int dp_size, Device device) {
   // Buckets in reverse registration order; params flagged own_bucket sit alone.
   bucket_of_.assign(params_.size(), -1);
   int64_t offset = 0;
@@ -56,8 +56,8 @@ void ParamStore::finalize(int64_t bucket_elems, int dp_size) {
     if (p.spec.own_bucket || cur.size >= bucket_elems) close();
   }
   close();
-  values_ = Tensor({std::max<int64_t>(offset, 1)});
-  grads_ = Tensor({std::max<int64_t>(offset, 1)});
+  values_ = Tensor({std::max<int64_t>(offset, 1)}, DType::F32, device);
+  grads_ = Tensor({std::max<int64_t>(offset, 1)}, DType::F32, device);
   for (Param& p : params_) {
     Shape s = p.spec.local_shape();
     p.value = values_.view(p.flat_offset, s);
@@ -65,11 +65,23 @@ void ParamStore::finalize(int64_t bucket_elems, int dp_size) {
   }
 }
 
+Tensor ParamStore::host_values() {
+  if (values_.device() == Device::CPU) return values_;
+  Tensor h = Tensor::empty(values_.shape());
+  h.copy_from(values_);
+  return h;
+}
+
+void ParamStore::set_values(const Tensor& host_flat) {
+  if (host_flat.raw() != values_.raw()) values_.copy_from(host_flat);
+}
+
 void ParamStore::init_values(uint64_t seed) {
+  Tensor host = host_values();
   for (Param& p : params_) {
     const ParamSpec& s = p.spec;
     Shape local = s.local_shape();
-    float* v = p.value.f32();
+    float* v = host.f32() + p.flat_offset;
     int64_t n = shape_numel(local);
     const int nd = int(local.size());
     uint64_t stream = param_stream_id(s.name);
@@ -99,6 +111,7 @@ void ParamStore::init_values(uint64_t seed) {
       }
     }
   }
+  set_values(host);
 }
 
 Param* ParamStore::find(const std::string& name) {

@@ -53,7 +53,11 @@ struct Bucket {
 class ParamStore {
  public:
   int add(ParamSpec spec);  // returns the index; call finalize() after the last add
-  void finalize(int64_t bucket_elems, int dp_size);
+  void finalize(int64_t bucket_elems, int dp_size, Device device = Device::CPU);
+  Device device() const { return values_.device(); }
+  // Host copies of the flat values (a view of them on CPU) and the way back.
+  Tensor host_values();
+  void set_values(const Tensor& host_flat);
   void init_values(uint64_t seed);  // by full-tensor position, layout independent
 
   Param& operator[](int i) { return params_[i]; }

@@ -20,10 +20,12 @@ std::vector<int32_t> sample_from_checkpoint(const std::string& dir, const std::v
                                                                 << cfg.vocab_size);
   ProcessGroups groups = make_process_groups(MPI_COMM_SELF, 1, 1);
   ModelLayout layout = make_model_layout(cfg, 1, 0, 1, 0, 1, false, {});
-  Gpt model(cfg, layout, *groups.tp, 1);
+  auto backend = make_cpu_backend();
+  Gpt model(cfg, layout, *groups.tp, 1, *backend);
   ParamStore store;
   model.register_params(store, false);
   store.finalize(int64_t(1) << 24, 1);
+  model.bind_backend();
   load_checkpoint(dir, store, nullptr, groups, cfg);
 
   const int T = cfg.seq_len;
@@ -37,7 +39,8 @@ std::vector<int32_t> sample_from_checkpoint(const std::string& dir, const std::v
     acts.tokens.assign(size_t(T), 0);  // positions >= len are padding the causal mask ignores
     std::copy(seq.begin() + start, seq.end(), acts.tokens.begin());
     model.forward(0, acts, nullptr, false, 0.f);
-    const float* logits = acts.logits.f32() + int64_t(len - 1) * Vp;
+    std::vector<float> row = backend->row_to_host(acts.logits, len - 1, Vp);
+    const float* logits = row.data();
     int32_t next = 0;
     if (opts.temperature <= 0) {
       next = int32_t(std::max_element(logits, logits + V) - logits);

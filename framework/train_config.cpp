@@ -77,6 +77,8 @@ po::options_description train_options(TrainConfig& c) {
     ("eval-batches", po::value(&c.eval_batches)->default_value(4), "microbatches per replica in a validation pass")
     ("log-every", po::value(&c.log_every)->default_value(1), "print a log line every N steps")
     ("quiet", po::bool_switch(&c.quiet), "no console log lines (metrics.jsonl is still written)")
+    ("device", po::value(&c.device)->default_value("cpu"), "cpu | cuda (bf16 compute, fp32 master weights; one GPU per node-local rank)")
+    ("attention", po::value(&c.attention)->default_value("braid"), "CUDA attention: braid (Braid's flash kernel) | cudnn")
     ("threads", po::value(&c.threads)->default_value(0), "BLAS threads per rank (0 = cores / ranks on this node)")
     ("sample-tokens", po::value(&c.sample_tokens)->default_value(0), "after training, print this many sampled tokens")
     ("sample-prompt", po::value(&c.sample_prompt)->default_value(""), "prompt for that sample");
@@ -141,6 +143,9 @@ void validate_train_config(const TrainConfig& c, int world_size) {
                 "the world of " << world_size << " ranks is not divisible by --tp " << c.tp
                                 << " x --pp " << c.pp << "; launch a multiple of " << c.tp * c.pp << " ranks");
   BRAID_REQUIRE(c.model.seq_len >= 1, "--seq-len must be >= 1");
+  BRAID_REQUIRE(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda (got '" << c.device << "')");
+  BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");
+  BRAID_REQUIRE(!(c.device == "cuda" && c.zero == 1), "--zero 1 is not implemented for --device cuda yet; use --zero 0");
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {

@@ -39,7 +39,10 @@ struct TrainConfig {
   int threads = 0;  // BLAS threads per rank, 0 = cores / ranks on the node
   std::string sample_prompt;  // printed sample at the end when non-empty
   int sample_tokens = 0;
-  bool quiet = false;  // no per-step console lines (metrics.jsonl is still written)
+  bool quiet = false;
+  std::string device = "cpu";       // cpu | cuda
+  std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
+  int local_device = 0;             // GPU of this rank (set by the entry point)  // no per-step console lines (metrics.jsonl is still written)
 
   int64_t global_batch(int dp) const { return int64_t(micro_batch) * grad_accum * dp; }
   nlohmann::json to_json() const;

@@ -32,10 +32,12 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
                                                                   << " needs --schedule interleaved");
     validate_schedule_spec(spec);
   });
-  model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch);
+  backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device) : make_cpu_backend();
+  model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch, *backend_);
   model_->register_params(store_, false);
   int64_t bucket_elems = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
-  store_.finalize(bucket_elems, g.dp);
+  store_.finalize(bucket_elems, g.dp, backend_->device());
+  model_->bind_backend();
   std::vector<BucketRange> ranges;
   for (const Bucket& b : store_.buckets()) ranges.push_back({b.offset, b.size});
   for (int i = 0; i < store_.size(); ++i)

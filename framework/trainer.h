@@ -57,6 +57,7 @@ class Trainer {
   std::unique_ptr<TokenDataset> train_data_, val_data_;
   std::unique_ptr<DataLoader> train_loader_, val_loader_;
   ModelLayout layout_;
+  std::unique_ptr<Backend> backend_;
   std::unique_ptr<Gpt> model_;
   ParamStore store_;
   std::unique_ptr<GradReducer> reducer_;

@@ -17,14 +17,12 @@
 
 namespace braid {
 
-// In place all-reduce of x[n] over the TP group (reduce_from_tp forward, copy_to_tp backward).
-void tp_all_reduce(Communicator& tp, float* x, int64_t n);
+// In place all-reduce of x over the TP group (reduce_from_tp forward, copy_to_tp backward).
+void tp_all_reduce(Communicator& tp, Tensor& x);
 
 // full[B, T, C] <- concatenation along T of every rank's local[B, T/TP, C].
-void tp_gather_seq(Communicator& tp, const float* local, float* full, int B, int T, int C,
-                   std::vector<float>& scratch);
+void tp_gather_seq(Communicator& tp, const Tensor& local, Tensor& full, int B, int T);
 // local[B, T/TP, C] <- this rank's sequence slice of the sum over ranks of full[B, T, C].
-void tp_reduce_scatter_seq(Communicator& tp, const float* full, float* local, int B, int T, int C,
-                           std::vector<float>& scratch);
+void tp_reduce_scatter_seq(Communicator& tp, const Tensor& full, Tensor& local, int B, int T);
 
 }  // namespace braid

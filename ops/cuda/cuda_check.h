@@ -15,7 +15,12 @@
 
 namespace braid::cuda {
 
-inline std::string cuda_status_detail(cudaError_t s) { return cudaGetErrorString(s); }
+inline std::string cuda_status_detail(cudaError_t s) {
+  // A failed runtime call also sets the thread's "last error"; clear it (sticky errors stay)
+  // so that the next launch check does not report this failure a second time.
+  (void)cudaGetLastError();
+  return cudaGetErrorString(s);
+}
 inline std::string cublas_status_detail(cublasStatus_t s) { return cublasLtGetStatusString(s); }
 inline std::string cudnn_status_detail(cudnnStatus_t s) {
   // cuDNN 9 keeps a thread-local message that names the failing descriptor or attribute.

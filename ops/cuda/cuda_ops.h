@@ -112,7 +112,8 @@ struct GemmHandle {
 // out[N,OC] = bf16(inp[N,IC] @ w[OC,IC]^T + bias[OC]) with fp32 accumulation; bias (fp32)
 // may be null. With gelu = true, pre_gelu[N,OC] receives the bf16 pre-activation (the
 // backward's input to gelu_backward) and out = bf16(gelu(pre)); both in the GEMM's
-// epilogue where cuBLASLt offers it, else by a second pass. IC and OC multiples of 8.
+// epilogue where cuBLASLt offers it, else by a second pass (see matmul_last_epilogue_path).
+// IC and OC multiples of 8. The GEMM workspace is used by one stream at a time.
 void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,
                     cudaStream_t stream);
@@ -122,9 +123,12 @@ void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf1
 void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias,
                      void* scratch, const bf16* dout, const bf16* inp, const bf16* w, int64_t N,
                      int IC, int OC, bool accumulate_dinp, cudaStream_t stream);
-// How many forward calls so far had to apply bias/GELU in a second pass because cuBLASLt
-// offered no fused epilogue for them (for logs and tests).
-int64_t matmul_unfused_epilogue_count();
+// How the last matmul_forward applied bias/GELU (for logs and tests): in cuBLASLt's epilogue
+// with the fp32 bias; in the epilogue with the bias rounded to bf16 (when cuBLASLt takes no
+// fp32 bias for a bf16 output; the addition is still fp32 with one rounding of out); or in a
+// second pass over out (bf16(bf16(acc) + bias)), when no fused epilogue exists at all.
+enum class EpiloguePath { None, Fused, FusedBf16Bias, SecondPass };
+EpiloguePath matmul_last_epilogue_path();
 
 // dbias[OC] += sum_n dout[n, :], deterministic (per-block partials, fixed-order sum).
 size_t bias_backward_scratch_bytes(int64_t N, int OC);

@@ -29,8 +29,17 @@ struct GemmSpec {
   int64_t lda = 0, ldb = 0, ldd = 0;
   cudaDataType_t ab_type = CUDA_R_16BF, d_type = CUDA_R_16BF;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  cudaDataType_t bias_type = CUDA_R_32F;
   int64_t aux_ld = 0;
 };
+
+// The tail of the GEMM workspace holds a bf16 copy of the bias when cuBLASLt's epilogue
+// takes no fp32 bias with a bf16 output (see matmul_forward); cuBLASLt gets the rest.
+constexpr size_t kBiasSlotBytes = size_t(1) << 20;
+size_t lt_workspace_bytes(const GemmHandle& h) { return h.workspace_bytes - kBiasSlotBytes; }
+bf16* bias_slot(const GemmHandle& h) {
+  return reinterpret_cast<bf16*>(static_cast<char*>(h.workspace) + lt_workspace_bytes(h));
+}
 
 // Largest power of two (<= 256) dividing the address: cuBLASLt picks kernels by alignment.
 int alignment(const void* p) {
@@ -54,7 +63,7 @@ struct Descriptors {
 };
 
 using AlgoKey = std::tuple<cublasLtHandle_t, bool, bool, int64_t, int64_t, int64_t, int64_t,
-                           int64_t, int64_t, int, int, int, int, int, int, int, int>;
+                           int64_t, int64_t, int, int, int, int, int, int, int, int, int>;
 struct AlgoCache {
   std::mutex mu;
   std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>> algos;  // false: unsupported
@@ -64,12 +73,17 @@ AlgoCache& algo_cache() {
   return *c;
 }
 
-std::atomic<int64_t> g_unfused_epilogues{0};
+std::atomic<int> g_last_path{int(EpiloguePath::None)};
+
+__global__ void bias_to_bf16_kernel(bf16* out, const float* bias, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = to_bf16(bias[i]);
+}
 
 // D = alpha op(A) op(B) + beta D with the spec's epilogue. Returns false (and does nothing)
 // when cuBLASLt has no algorithm for the configuration; throws on any other failure.
 bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void* B, void* D,
-              float beta, const float* bias, void* aux, cudaStream_t stream) {
+              float beta, const void* bias, void* aux, cudaStream_t stream) {
   Descriptors desc;
   BRAID_CHECK_CUBLAS(cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = s.transa ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -81,7 +95,7 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
   BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                     &s.epilogue, sizeof(s.epilogue)));
   if (bias) {
-    const int32_t bias_type = CUDA_R_32F;
+    const int32_t bias_type = s.bias_type;
     BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(
         desc.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
     BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
@@ -103,8 +117,8 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
   const AlgoKey key{h.lt,         s.transa,        s.transb,         s.m,
                     s.n,          s.k,             s.lda,            s.ldb,
                     s.ldd,        int(s.ab_type),  int(s.d_type),    int(s.epilogue),
-                    alignment(A), alignment(B),    alignment(D),     alignment(bias),
-                    alignment(aux)};
+                    int(s.bias_type), alignment(A), alignment(B),    alignment(D),
+                    alignment(bias), alignment(aux)};
   std::pair<bool, cublasLtMatmulAlgo_t> found{};
   {
     auto& cache = algo_cache();
@@ -113,19 +127,24 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
     if (it != cache.algos.end()) {
       found = it->second;
     } else {
+      const size_t ws = lt_workspace_bytes(h);
       BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&desc.pref));
       BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
-          desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &h.workspace_bytes,
-          sizeof(h.workspace_bytes)));
+          desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
       cublasLtMatmulHeuristicResult_t result{};
       int count = 0;
       const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
           h.lt, desc.op, desc.a, desc.b, desc.d, desc.d, desc.pref, 1, &result, &count);
-      if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && count == 0)) {
+      if (st == CUBLAS_STATUS_SUCCESS && count > 0) {
+        found = {true, result.algo};
+      } else if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT || st == CUBLAS_STATUS_NOT_SUPPORTED ||
+                 st == CUBLAS_STATUS_SUCCESS) {
+        // An epilogue (or type) combination this cuBLASLt does not offer: cuBLASLt answers
+        // NOT_SUPPORTED or, for an fp32 bias with a bf16 output, INVALID_VALUE. The caller
+        // falls back to the next variant.
         found = {false, {}};
       } else {
         BRAID_CHECK_CUBLAS(st);
-        found = {true, result.algo};
       }
       cache.algos.emplace(key, found);
     }
@@ -134,7 +153,7 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
   const float alpha = 1.f;
   BRAID_CHECK_CUBLAS(cublasLtMatmul(h.lt, desc.op, &alpha, A, desc.a, B, desc.b, &beta, D,
                                     desc.d, D, desc.d, &found.second, h.workspace,
-                                    h.workspace_bytes, stream));
+                                    lt_workspace_bytes(h), stream));
   return true;
 }
 
@@ -158,7 +177,7 @@ __global__ void bias_gelu_kernel(bf16* out, bf16* pre_gelu, const float* bias, i
 
 }  // namespace
 
-int64_t matmul_unfused_epilogue_count() { return g_unfused_epilogues.load(); }
+EpiloguePath matmul_last_epilogue_path() { return EpiloguePath(g_last_path.load()); }
 
 void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,
@@ -167,6 +186,8 @@ void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf1
   BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
               "matmul_forward: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
   BRAID_CHECK(!gelu || pre_gelu != nullptr, "matmul_forward: gelu needs pre_gelu");
+  BRAID_CHECK(gemm.workspace_bytes > kBiasSlotBytes && size_t(OC) * 2 <= kBiasSlotBytes,
+              "matmul_forward: GEMM workspace too small or OC too large");
   GemmSpec s;
   s.transa = true;
   s.m = OC, s.n = N, s.k = IC;
@@ -177,20 +198,40 @@ void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf1
   } else if (bias) {
     s.epilogue = CUBLASLT_EPILOGUE_BIAS;
   }
-  if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT &&
-      run_gemm(gemm, s, w, inp, out, 0.f, bias, gelu ? pre_gelu : nullptr, stream))
+  if (s.epilogue == CUBLASLT_EPILOGUE_DEFAULT) {
+    BRAID_CHECK(run_gemm(gemm, s, w, inp, out, 0.f, nullptr, nullptr, stream),
+                "cuBLASLt has no algorithm for the forward GEMM N=" << N << " IC=" << IC
+                                                                    << " OC=" << OC);
+    g_last_path = int(EpiloguePath::None);
     return;
+  }
+  // 1. The epilogue with the fp32 bias as it is.
+  if (run_gemm(gemm, s, w, inp, out, 0.f, bias, gelu ? pre_gelu : nullptr, stream)) {
+    g_last_path = int(EpiloguePath::Fused);
+    return;
+  }
+  // 2. The epilogue with the bias rounded to bf16 (what PyTorch's autocast feeds cuBLASLt);
+  //    the addition itself stays fp32, in the epilogue, before the one rounding of out.
+  if (bias) {
+    bf16* b16 = bias_slot(gemm);
+    bias_to_bf16_kernel<<<unsigned(ceil_div(OC, 256)), 256, 0, stream>>>(b16, bias, OC);
+    BRAID_CHECK_LAUNCH();
+    s.bias_type = CUDA_R_16BF;
+    if (run_gemm(gemm, s, w, inp, out, 0.f, b16, gelu ? pre_gelu : nullptr, stream)) {
+      g_last_path = int(EpiloguePath::FusedBf16Bias);
+      return;
+    }
+  }
+  // 3. The plain GEMM, then bias and GELU in a second pass over out.
   s.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   s.aux_ld = 0;
   BRAID_CHECK(run_gemm(gemm, s, w, inp, out, 0.f, nullptr, nullptr, stream),
               "cuBLASLt has no algorithm for the forward GEMM N=" << N << " IC=" << IC
                                                                   << " OC=" << OC);
-  if (bias || gelu) {
-    ++g_unfused_epilogues;
-    bias_gelu_kernel<<<elementwise_blocks(N * OC, 256), 256, 0, stream>>>(out, pre_gelu, bias,
-                                                                          N, OC, gelu);
-    BRAID_CHECK_LAUNCH();
-  }
+  bias_gelu_kernel<<<elementwise_blocks(N * OC, 256), 256, 0, stream>>>(out, pre_gelu, bias, N,
+                                                                        OC, gelu);
+  BRAID_CHECK_LAUNCH();
+  g_last_path = int(EpiloguePath::SecondPass);
 }
 
 void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias,

@@ -66,9 +66,11 @@ class ReferenceTest : public ::testing::Test {
     ASSERT_EQ(cfg.vocab_padded(), fx->attr("Vp"));
     groups = std::make_unique<ProcessGroups>(make_process_groups(MPI_COMM_SELF, 1, 1));
     layout = make_model_layout(cfg, 1, 0, 1, 0, 1, false, {});
-    model = std::make_unique<Gpt>(cfg, layout, *groups->tp, B);
+    backend = make_cpu_backend();
+    model = std::make_unique<Gpt>(cfg, layout, *groups->tp, B, *backend);
     model->register_params(store, false);
     store.finalize(1 << 20, 1);
+    model->bind_backend();
     for (Param& p : store.params()) {
       auto v = fx->read<float>("/params/" + p.spec.name, H5T_NATIVE_FLOAT);
       ASSERT_EQ(int64_t(v.size()), p.value.numel()) << p.spec.name;
@@ -98,6 +100,7 @@ class ReferenceTest : public ::testing::Test {
   int64_t valid = 0;
   std::unique_ptr<ProcessGroups> groups;
   ModelLayout layout;
+  std::unique_ptr<Backend> backend;
   std::unique_ptr<Gpt> model;
   ParamStore store;
   std::vector<int32_t> inputs, targets;

@@ -1,0 +1,68 @@
+// The compute backend of the model: the op interface of DESIGN "Two backends, one code
+// path". The model (gpt.cpp) is written once against this interface; the tensor's device
+// picks the implementation: CpuBackend (fp32 everywhere, ops/cpu/, the reference) or
+// CudaBackend (bf16 activations and GEMM weights, fp32 master weights, gradients and
+// statistics, ops/cuda/). Parameters are addressed by their index in the ParamStore so a
+// backend can use the representation it needs (the CUDA one reads bf16 copies of GEMM
+// weights). Conventions: outputs named `out`/`dinp` are overwritten unless the name says
+// `accumulate`; parameter gradients always accumulate.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "framework/params.h"
+#include "parallel/communicator.h"
+
+namespace braid {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual DType activation_dtype() const = 0;
+  Tensor activation(Shape s) const { return Tensor::empty(std::move(s), activation_dtype(), device()); }
+  Tensor activation_zeros(Shape s) const { return Tensor(std::move(s), activation_dtype(), device()); }
+  Tensor stats(Shape s) const { return Tensor::empty(std::move(s), DType::F32, device()); }
+
+  // Parameters live in `store`; the backend keeps any derived copies in sync (refresh()).
+  virtual void bind(ParamStore& store) = 0;
+  virtual void refresh_weights() = 0;  // after the optimizer or a checkpoint load
+
+  virtual void embedding_forward(Tensor& out, const std::vector<int32_t>& tokens, int wte) = 0;
+  virtual void embedding_backward(const Tensor& dout, const std::vector<int32_t>& tokens, int wte) = 0;
+  virtual void position_forward(Tensor& x, int wpe, int B, int T, int pos_offset) = 0;
+  virtual void position_backward(const Tensor& dx, int wpe, int B, int T, int pos_offset) = 0;
+  virtual void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& inp, int w, int b) = 0;
+  // dinp += LN'(dout); dw, db accumulate.
+  virtual void layernorm_backward_accumulate(Tensor& dinp, const Tensor& dout, const Tensor& inp,
+                                             int w, int b, const Tensor& mean, const Tensor& rstd) = 0;
+  // out[N,OC] = inp[N,IC] @ W^T (+ bias when bias >= 0); W is parameter `w` viewed [OC, IC].
+  virtual void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) = 0;
+  // dinp (overwritten, may be undefined to skip) = dout @ W; dW += dout^T inp; dbias += sum dout.
+  virtual void matmul_backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, int w, int bias,
+                               int64_t N, int IC, int OC) = 0;
+  virtual void bias_backward(const Tensor& dout, int bias, int64_t N, int C) = 0;
+  // saved: whatever the backward needs (CPU: probabilities [B,NH,T,T]; CUDA: log-sum-exp).
+  virtual void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, int B, int T, int NH, int HS) = 0;
+  virtual void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
+                                  const Tensor& saved, int B, int T, int NH, int HS) = 0;
+  virtual void gelu_forward(Tensor& out, const Tensor& inp) = 0;
+  virtual void gelu_backward(Tensor& dinp, const Tensor& inp, const Tensor& dout) = 0;
+  virtual void residual_forward(Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  // Vocab-parallel cross-entropy over this rank's logits [N, Vl] (global ids from
+  // vocab_start; ids >= vocab_real are padding), the TP group assembling the softmax.
+  // Returns the sum of the N per-token losses; with `grad`, logits become dlogits * scale.
+  virtual double cross_entropy(Tensor& logits, const std::vector<int32_t>& targets, int64_t N, int Vl,
+                               int64_t vocab_start, int64_t vocab_real, Communicator& tp, bool grad,
+                               float scale) = 0;
+  // Logits of one row as host floats (sampling).
+  virtual std::vector<float> row_to_host(const Tensor& x, int64_t row, int64_t width) = 0;
+  virtual void synchronize() {}
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+// Throws if this build has no CUDA backend. device_index: the GPU this rank drives.
+std::unique_ptr<Backend> make_cuda_backend(int device_index);
+
+}  // namespace braid
