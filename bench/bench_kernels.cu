@@ -199,6 +199,13 @@ int main(int argc, char** argv) {
                    median_ms([&] { gelu_forward(g, h, N * 4 * C, st); }, st), 8 * act);
       report_bytes("gelu bwd in place (N x 3072)",
                    median_ms([&] { gelu_backward(g, h, g, N * 4 * C, false, st); }, st), 12 * act);
+      float* dbias = random_f32(4 * C, 33);
+      void* bscratch = device_alloc(bias_backward_scratch_bytes(N, 4 * C));
+      report_bytes("bias grad (N x 3072)",
+                   median_ms([&] { bias_backward(dbias, bscratch, g, N, 4 * C, st); }, st),
+                   4 * act);
+      device_free(dbias);
+      device_free(bscratch);
       for (void* p : {(void*)a, (void*)b, (void*)res, (void*)out, (void*)w, (void*)bias,
                       (void*)mean, (void*)rstd, (void*)dw, (void*)db, scratch, (void*)h, (void*)g})
         device_free(p);

@@ -7,6 +7,26 @@
 
 namespace braid {
 
+// Implemented in optimizer_cuda.cpp when the CUDA backend is built.
+struct Optimizer::DeviceState {
+  static std::unique_ptr<DeviceState> make(Optimizer& o);
+  virtual ~DeviceState() = default;
+  virtual double sum_squares_owned() = 0;
+  virtual void scale_grads(float s) = 0;
+  virtual void step(float lr, const AdamWConfig& cfg, int64_t t) = 0;
+  virtual void get_moments(std::vector<float>& m, std::vector<float>& v) = 0;
+  virtual void set_moments(const std::vector<float>& m, const std::vector<float>& v) = 0;
+};
+
+#ifndef BRAID_HAVE_CUDA
+std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer&) {
+  BRAID_CHECK(false, "parameters on a GPU in a build without CUDA");
+  return nullptr;
+}
+#endif
+
+Optimizer::~Optimizer() = default;
+
 Optimizer::Optimizer(ParamStore& store, GradReducer& reducer, ProcessGroups& groups)
     : store_(store), reducer_(reducer), groups_(groups) {
   for (const Param& p : store_.params()) {
@@ -14,6 +34,11 @@ Optimizer::Optimizer(ParamStore& store, GradReducer& reducer, ProcessGroups& gro
     segments_.push_back({p.flat_offset, p.flat_offset + p.value.numel(), p.spec.weight_decay, owned});
   }
   std::sort(segments_.begin(), segments_.end(), [](auto& a, auto& b) { return a.lo < b.lo; });
+  if (store_.device() == Device::CUDA) {
+    BRAID_CHECK(!reducer_.zero(), "ZeRO-1 on the GPU is not implemented");
+    dev_ = DeviceState::make(*this);
+    return;
+  }
   size_t n = size_t(reducer_.zero() ? reducer_.shard_total() : store_.flat_size());
   m_.assign(n, 0.f);
   v_.assign(n, 0.f);
@@ -46,6 +71,14 @@ void Optimizer::for_each_segment(int64_t lo, int64_t hi, F&& f) const {
 }
 
 double Optimizer::clip_grad_norm(float max_norm) {
+  if (dev_) {
+    double ss = dev_->sum_squares_owned();
+    all_reduce_double(*groups_.mp, &ss, 1);
+    double norm = std::sqrt(ss);
+    double coef = max_norm > 0 ? double(max_norm) / (norm + 1e-6) : 1.0;
+    if (coef < 1.0) dev_->scale_grads(float(coef));
+    return norm;
+  }
   double ss = 0;
   for_each_owned([&](int64_t lo, int64_t n, float* g, float*, float*) {
     for_each_segment(lo, lo + n, [&](int64_t a, int64_t b, const Segment& s) {
@@ -71,6 +104,10 @@ double Optimizer::clip_grad_norm(float max_norm) {
 
 void Optimizer::step(float lr, const AdamWConfig& cfg) {
   ++t_;
+  if (dev_) {
+    dev_->step(lr, cfg, t_);
+    return;
+  }
   float* values = store_.flat_values().f32();
   for_each_owned([&](int64_t lo, int64_t n, float* g, float* m, float* v) {
     for_each_segment(lo, lo + n, [&](int64_t a, int64_t b, const Segment& s) {
@@ -91,6 +128,10 @@ void Optimizer::step(float lr, const AdamWConfig& cfg) {
 }
 
 void Optimizer::gather_moments(std::vector<float>& m_flat, std::vector<float>& v_flat) {
+  if (dev_) {
+    dev_->get_moments(m_flat, v_flat);
+    return;
+  }
   if (!reducer_.zero()) {
     m_flat = m_;
     v_flat = v_;
@@ -107,6 +148,10 @@ void Optimizer::gather_moments(std::vector<float>& m_flat, std::vector<float>& v
 }
 
 void Optimizer::set_moments(const std::vector<float>& m_flat, const std::vector<float>& v_flat) {
+  if (dev_) {
+    dev_->set_moments(m_flat, v_flat);
+    return;
+  }
   if (!reducer_.zero()) {
     m_ = m_flat;
     v_ = v_flat;

@@ -5,6 +5,7 @@
 // of the tied embedding not at all.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "framework/params.h"
@@ -20,6 +21,7 @@ struct AdamWConfig {
 class Optimizer {
  public:
   Optimizer(ParamStore& store, GradReducer& reducer, ProcessGroups& groups);
+  ~Optimizer();
 
   // Global L2 norm of the (reduced) gradients; scales them by max_norm/(norm+1e-6) when
   // that is < 1 (torch.nn.utils.clip_grad_norm_). max_norm <= 0 disables clipping.
@@ -32,6 +34,9 @@ class Optimizer {
   void gather_moments(std::vector<float>& m_flat, std::vector<float>& v_flat);
   void set_moments(const std::vector<float>& m_flat, const std::vector<float>& v_flat);
 
+ public:
+  struct DeviceState;  // GPU state (optimizer_cuda.cpp; a nested type sees the members)
+
  private:
   struct Segment {
     int64_t lo, hi;
@@ -42,6 +47,10 @@ class Optimizer {
   void for_each_owned(F&& f);
   template <class F>
   void for_each_segment(int64_t lo, int64_t hi, F&& f) const;
+
+  // Parameters on the GPU: fp32 moments and segment tables in device memory, AdamW and the
+  // norm as single launches over all segments (optimizer_cuda.cpp).
+  std::unique_ptr<DeviceState> dev_;
 
   ParamStore& store_;
   GradReducer& reducer_;

@@ -17,7 +17,7 @@ PipelineEngine::PipelineEngine(Gpt& model, ProcessGroups& groups, ScheduleSpec s
 
 Tensor PipelineEngine::new_activation() const {
   const auto& m = model_.config();
-  return Tensor({model_.micro_batch(), model_.layout().seq_local(m), m.n_embd});
+  return model_.backend().activation({model_.micro_batch(), model_.layout().seq_local(m), m.n_embd});
 }
 
 double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens,

@@ -32,7 +32,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
                                                                   << " needs --schedule interleaved");
     validate_schedule_spec(spec);
   });
-  backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device) : make_cpu_backend();
+  backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device, cfg_.attention == "cudnn") : make_cpu_backend();
   model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch, *backend_);
   model_->register_params(store_, false);
   int64_t bucket_elems = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
@@ -59,11 +59,13 @@ void Trainer::init_or_resume() {
   }
   if (path.empty()) {
     store_.init_values(cfg_.seed);
+    backend_->refresh_weights();
     step_ = 0;
     data_position_ = 0;
     return;
   }
   CheckpointState st = load_checkpoint(path, store_, optimizer_.get(), groups_, cfg_.model);
+  backend_->refresh_weights();
   step_ = st.step;
   data_position_ = st.data_position;
   BRAID_REQUIRE(st.seed == cfg_.seed, "checkpoint " << path << " was trained with --seed " << st.seed
@@ -136,6 +138,7 @@ StepResult Trainer::train_step() {
   r.lr = learning_rate(cfg_, step_);
   AdamWConfig ac{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, cfg_.grad_clip};
   optimizer_->step(r.lr, ac);
+  backend_->refresh_weights();  // bf16 compute copies on the GPU (no-op on CPU)
 
   // Loss: the last stage's sum over its replica, summed over DP, shared with every stage.
   double loss[1] = {groups_.grid.last_stage() ? loss_sum : 0.0};

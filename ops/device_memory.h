@@ -10,3 +10,13 @@ void device_memset_zero(void* p, size_t bytes);
 void device_copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t bytes);
 bool cuda_available();
 }  // namespace braid
+
+namespace braid {
+// True when p points to device memory (communicators stage such buffers through the host).
+bool is_device_pointer(const void* p);
+}  // namespace braid
+
+namespace braid {
+// GPUs visible to this process (0 without a driver or on CPU-only builds).
+int gpu_count();
+}  // namespace braid

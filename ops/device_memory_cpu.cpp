@@ -13,3 +13,11 @@ void device_memset_zero(void*, size_t) { device_alloc(0); }
 void device_copy(void*, bool, const void*, bool, size_t) { device_alloc(0); }
 bool cuda_available() { return false; }
 }  // namespace braid
+
+namespace braid {
+bool is_device_pointer(const void*) { return false; }
+}  // namespace braid
+
+namespace braid {
+int gpu_count() { return 0; }
+}  // namespace braid

@@ -1,6 +1,10 @@
 // MPI communicator: the data plane of CPU-only builds and the control plane always.
 // Host memory only; device tensors go through the NCCL communicator or are staged.
+#include <cstring>
 #include <limits>
+#include <vector>
+
+#include "ops/device_memory.h"
 
 #include "parallel/communicator.h"
 #include "parallel/mpi_check.h"
@@ -18,7 +22,47 @@ MPI_Datatype mpi_dtype(DType t) {
 }
 
 namespace {
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX; }
+// bf16 reductions (MPI has no bf16 type): sum/max in fp32, rounded once per step.
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+}
+void bf16_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i)
+    if (bf16_to_f32(a[i]) > bf16_to_f32(b[i])) b[i] = a[i];
+}
+MPI_Op mpi_op(ReduceOp op, DType dtype = DType::F32) {
+  if (dtype == DType::BF16) {
+    static MPI_Op sum = MPI_OP_NULL, max = MPI_OP_NULL;
+    if (sum == MPI_OP_NULL) {
+      MPI_Op_create(&bf16_sum, 1, &sum);
+      MPI_Op_create(&bf16_max, 1, &max);
+    }
+    return op == ReduceOp::Sum ? sum : max;
+  }
+  return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX;
+}
+
+// Device buffers go through host memory: the copies run on the legacy default stream,
+// which waits for the (blocking) compute stream, so the data is final when it is read.
+struct Staged {
+  void* dev = nullptr;
+  std::vector<char> host;
+  size_t bytes = 0;
+  Staged(const void* p, size_t n, bool copy_in) : bytes(n) {
+    if (!is_device_pointer(p)) return;
+    dev = const_cast<void*>(p);
+    host.resize(n);
+    if (copy_in) device_copy(host.data(), false, p, true, n);
+  }
+  void* ptr(void* original) { return dev ? static_cast<void*>(host.data()) : original; }
+  void copy_out() {
+    if (dev) device_copy(dev, true, host.data(), false, bytes);
+  }
+};
 
 int checked_count(int64_t count) {
   BRAID_CHECK(count >= 0 && count <= std::numeric_limits<int>::max(),
@@ -56,44 +100,84 @@ MpiCommunicator::~MpiCommunicator() {
 
 void MpiCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) {
   if (size_ == 1) return;
-  BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, checked_count(count), mpi_dtype(dtype),
-                                mpi_op(op), comm_));
+  Staged st(buf, count * dtype_bytes(dtype), true);
+  BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, st.ptr(buf), checked_count(count), mpi_dtype(dtype),
+                                mpi_op(op, dtype), comm_));
+  st.copy_out();
 }
 
 std::unique_ptr<CommRequest> MpiCommunicator::all_reduce_async(void* buf, int64_t count,
                                                                DType dtype, ReduceOp op) {
   auto r = std::make_unique<MpiRequest>(MPI_REQUEST_NULL);
-  if (size_ > 1)
-    BRAID_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, checked_count(count), mpi_dtype(dtype),
-                                   mpi_op(op), comm_, r->get()));
+  if (size_ == 1) return r;
+  if (is_device_pointer(buf)) {  // staged: completes here
+    all_reduce(buf, count, dtype, op);
+    return r;
+  }
+  BRAID_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, checked_count(count), mpi_dtype(dtype),
+                                 mpi_op(op, dtype), comm_, r->get()));
   return r;
 }
 
 void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DType dtype) {
-  BRAID_CHECK_MPI(MPI_Allgather(send, checked_count(count), mpi_dtype(dtype), recv,
-                                checked_count(count), mpi_dtype(dtype), comm_));
+  const size_t bytes = count * dtype_bytes(dtype);
+  Staged s(send, bytes, true), rv(recv, bytes * size_, false);
+  BRAID_CHECK_MPI(MPI_Allgather(s.ptr(const_cast<void*>(send)), checked_count(count), mpi_dtype(dtype),
+                                rv.ptr(recv), checked_count(count), mpi_dtype(dtype), comm_));
+  rv.copy_out();
 }
 
 void MpiCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
-  BRAID_CHECK_MPI(MPI_Reduce_scatter_block(send, recv, checked_count(count), mpi_dtype(dtype),
-                                           MPI_SUM, comm_));
+  const size_t bytes = count * dtype_bytes(dtype);
+  Staged s(send, bytes * size_, true), rv(recv, bytes, false);
+  BRAID_CHECK_MPI(MPI_Reduce_scatter_block(s.ptr(const_cast<void*>(send)), rv.ptr(recv), checked_count(count),
+                                           mpi_dtype(dtype), mpi_op(ReduceOp::Sum, dtype), comm_));
+  rv.copy_out();
 }
 
 std::unique_ptr<CommRequest> MpiCommunicator::reduce_scatter_async(const void* send, void* recv,
                                                                    int64_t count, DType dtype) {
   auto r = std::make_unique<MpiRequest>(MPI_REQUEST_NULL);
+  if (is_device_pointer(send) || is_device_pointer(recv)) {
+    reduce_scatter(send, recv, count, dtype);
+    return r;
+  }
   BRAID_CHECK_MPI(MPI_Ireduce_scatter_block(send, recv, checked_count(count), mpi_dtype(dtype),
-                                            MPI_SUM, comm_, r->get()));
+                                            mpi_op(ReduceOp::Sum, dtype), comm_, r->get()));
   return r;
 }
 
 void MpiCommunicator::broadcast(void* buf, int64_t count, DType dtype, int root) {
   if (size_ == 1) return;
-  BRAID_CHECK_MPI(MPI_Bcast(buf, checked_count(count), mpi_dtype(dtype), root, comm_));
+  Staged st(buf, count * dtype_bytes(dtype), rank_ == root);
+  BRAID_CHECK_MPI(MPI_Bcast(st.ptr(buf), checked_count(count), mpi_dtype(dtype), root, comm_));
+  st.copy_out();
 }
+
+namespace {
+// A send whose device data was copied to a host buffer that must live until completion.
+class StagedSend : public CommRequest {
+ public:
+  explicit StagedSend(std::vector<char> data) : data_(std::move(data)) {}
+  ~StagedSend() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  void wait() override { BRAID_CHECK_MPI(MPI_Wait(&req_, MPI_STATUS_IGNORE)); }
+  std::vector<char> data_;
+  MPI_Request req_ = MPI_REQUEST_NULL;
+};
+}  // namespace
 
 std::unique_ptr<CommRequest> MpiCommunicator::send_async(const void* buf, int64_t count,
                                                          DType dtype, int peer, int tag) {
+  if (is_device_pointer(buf)) {
+    std::vector<char> host(count * dtype_bytes(dtype));
+    device_copy(host.data(), false, buf, true, host.size());
+    auto r = std::make_unique<StagedSend>(std::move(host));
+    BRAID_CHECK_MPI(MPI_Isend(r->data_.data(), checked_count(count), mpi_dtype(dtype), peer, tag, comm_,
+                              &r->req_));
+    return r;
+  }
   auto r = std::make_unique<MpiRequest>(MPI_REQUEST_NULL);
   BRAID_CHECK_MPI(MPI_Isend(buf, checked_count(count), mpi_dtype(dtype), peer, tag, comm_,
                             r->get()));
@@ -101,8 +185,10 @@ std::unique_ptr<CommRequest> MpiCommunicator::send_async(const void* buf, int64_
 }
 
 void MpiCommunicator::recv(void* buf, int64_t count, DType dtype, int peer, int tag) {
-  BRAID_CHECK_MPI(MPI_Recv(buf, checked_count(count), mpi_dtype(dtype), peer, tag, comm_,
+  Staged st(buf, count * dtype_bytes(dtype), false);
+  BRAID_CHECK_MPI(MPI_Recv(st.ptr(buf), checked_count(count), mpi_dtype(dtype), peer, tag, comm_,
                            MPI_STATUS_IGNORE));
+  st.copy_out();
 }
 
 void MpiCommunicator::barrier() { BRAID_CHECK_MPI(MPI_Barrier(comm_)); }
@@ -129,7 +215,7 @@ void broadcast_string(Communicator& group, std::string& s, int root) {
 
 void all_reduce_int64(Communicator& group, int64_t* x, int n, ReduceOp op) {
   if (group.size() == 1) return;
-  BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_INT64_T, mpi_op(op), control_comm(group)));
+  BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_INT64_T, mpi_op(op, DType::I32), control_comm(group)));
 }
 
 }  // namespace braid

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "ops/check.h"
+#include "ops/device_memory.h"
 #include "ops/ops.h"
 
 namespace braid {
@@ -25,6 +26,17 @@ void install_stop_signals() {
 }
 
 bool stop_signal_received() { return g_stop.load(); }
+
+int local_gpu_index() {
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local = 0;
+  MPI_Comm_rank(node, &local);
+  MPI_Comm_free(&node);
+  int gpus = gpu_count();
+  BRAID_REQUIRE(gpus > 0, "--device cuda but no GPU is visible on this node");
+  return local % gpus;
+}
 
 void configure_rank(const RankGrid& grid, int threads) {
   set_error_prefix(grid.describe());

@@ -18,6 +18,9 @@ void configure_rank(const RankGrid& grid, int threads);
 // SIGTERM / SIGUSR1 / SIGINT (Slurm preemption, scancel --signal) set a flag that the
 // training loop polls once per step; the run saves a checkpoint and exits cleanly.
 void install_stop_signals();
+// The GPU this rank drives: node-local rank (MPI_Comm_split_type SHARED) modulo the GPUs
+// visible. Several ranks may share one GPU (the MPI data plane stages their traffic).
+int local_gpu_index();
 bool stop_signal_received();
 
 }  // namespace braid

@@ -25,15 +25,34 @@ __device__ __forceinline__ float gelu_grad(float x) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);          \
        i += int64_t(gridDim.x) * blockDim.x)
 
-__global__ void gelu_forward_kernel(bf16* out, const bf16* inp, int64_t n) {
-  BRAID_GRID_STRIDE(i, n) out[i] = to_bf16(gelu(to_float(inp[i])));
+// GELU in groups of V elements (V = 8: 16-byte accesses); i counts groups.
+template <int V>
+__global__ void gelu_forward_kernel(bf16* out, const bf16* inp, int64_t groups) {
+  BRAID_GRID_STRIDE(i, groups) {
+    float x[V];
+    load_bf16<V>(x, inp + i * V);
+#pragma unroll
+    for (int k = 0; k < V; ++k) x[k] = gelu(x[k]);
+    store_bf16<V>(out + i * V, x);
+  }
 }
-__global__ void gelu_backward_kernel(bf16* dinp, const bf16* inp, const bf16* dout, int64_t n,
-                                     bool accumulate) {
-  BRAID_GRID_STRIDE(i, n) {
-    float d = gelu_grad(to_float(inp[i])) * to_float(dout[i]);
-    if (accumulate) d += to_float(dinp[i]);
-    dinp[i] = to_bf16(d);
+// Each group is read before it is written by the same thread: dinp may alias dout.
+template <int V>
+__global__ void gelu_backward_kernel(bf16* dinp, const bf16* inp, const bf16* dout,
+                                     int64_t groups, bool accumulate) {
+  BRAID_GRID_STRIDE(i, groups) {
+    float x[V], g[V];
+    load_bf16<V>(x, inp + i * V);
+    load_bf16<V>(g, dout + i * V);
+#pragma unroll
+    for (int k = 0; k < V; ++k) g[k] *= gelu_grad(x[k]);
+    if (accumulate) {
+      float old[V];
+      load_bf16<V>(old, dinp + i * V);
+#pragma unroll
+      for (int k = 0; k < V; ++k) g[k] += old[k];
+    }
+    store_bf16<V>(dinp + i * V, g);
   }
 }
 __global__ void residual_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n) {
@@ -64,7 +83,11 @@ __global__ void bf16_to_f32_kernel(float* out, const bf16* in, int64_t n) {
 
 void gelu_forward(bf16* out, const bf16* inp, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  gelu_forward_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, inp, n);
+  if (n % 8 == 0 && aligned16(out) && aligned16(inp))
+    gelu_forward_kernel<8><<<elementwise_blocks(n / 8, kThreads), kThreads, 0, stream>>>(
+        out, inp, n / 8);
+  else
+    gelu_forward_kernel<1><<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, inp, n);
   BRAID_CHECK_LAUNCH();
 }
 
@@ -72,8 +95,12 @@ void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, int64_t n, boo
                    cudaStream_t stream) {
   if (n == 0) return;
   BRAID_CHECK(!accumulate || dinp != dout, "gelu_backward: accumulate with dinp aliasing dout");
-  gelu_backward_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
-      dinp, inp, dout, n, accumulate);
+  if (n % 8 == 0 && aligned16(dinp) && aligned16(inp) && aligned16(dout))
+    gelu_backward_kernel<8><<<elementwise_blocks(n / 8, kThreads), kThreads, 0, stream>>>(
+        dinp, inp, dout, n / 8, accumulate);
+  else
+    gelu_backward_kernel<1><<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(
+        dinp, inp, dout, n, accumulate);
   BRAID_CHECK_LAUNCH();
 }
 

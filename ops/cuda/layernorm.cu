@@ -1,8 +1,8 @@
 // LayerNorm on CUDA, fused with the residual add in the forward. One warp per row: the row
 // (residual sum rounded to bf16, as stored) is kept in shared memory as fp32, the mean and
 // then the variance about the mean are warp sums in a fixed order (the CPU op's two-pass
-// form), eps 1e-5. The backward computes dinp one warp per row and the weight/bias
-// gradients with the deterministic column sums of column_reduce.cuh.
+// form), eps 1e-5. The backward is one kernel for dinp and the per-block partial sums of
+// the weight/bias gradients, then the deterministic column sum of column_reduce.cuh.
 #include "ops/cuda/column_reduce.cuh"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
@@ -56,35 +56,83 @@ layernorm_forward_kernel(bf16* residual, bf16* out, float* mean_out, float* rstd
   }
 }
 
-// dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)), dnorm = dout * w.
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-layernorm_backward_dinp_kernel(bf16* dinp, const bf16* dout, const bf16* inp, const float* w,
-                               const float* mean, const float* rstd, int64_t N, int C,
-                               bool accumulate) {
+// Backward, one kernel: block b owns rows [b * kBwdRows, (b + 1) * kBwdRows); each warp takes
+// every kBwdWarps-th of them. Per row: the two row means of the CPU op in fp32 (warp sums),
+// then dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) with dnorm = dout * w,
+// written (or added) to dinp, while xhat * dout and dout are added into the warp's own
+// shared-memory accumulators for dw and db (each lane owns its columns: no races). At the
+// end the warps' accumulators are added in warp order into the block's partial row
+// [dw | db], which column_finalize sums over blocks in order. V = 8 reads 16-byte vectors.
+constexpr int kBwdWarps = 4;
+constexpr int kBwdRows = 32;
+
+template <int V>
+__global__ void __launch_bounds__(kBwdWarps * 32)
+layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
+                          const float* w, const float* mean, const float* rstd, int64_t N,
+                          int C, bool accumulate) {
+  extern __shared__ float s_acc[];  // [kBwdWarps][2 * C]: dw then db, per warp
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t n = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
-  if (n >= N) return;
-  const bf16* g = dout + n * C;
-  const bf16* x = inp + n * C;
-  const float m = mean[n], s = rstd[n];
-  float dnorm_sum = 0.f, dnorm_xhat_sum = 0.f;
-  for (int c = lane; c < C; c += 32) {
-    const float xhat = (to_float(x[c]) - m) * s;
-    const float dnorm = to_float(g[c]) * w[c];
-    dnorm_sum += dnorm;
-    dnorm_xhat_sum += dnorm * xhat;
+  float* acc_dw = s_acc + int64_t(warp) * 2 * C;
+  float* acc_db = acc_dw + C;
+  for (int c = lane; c < 2 * C; c += 32) acc_dw[c] = 0.f;
+  __syncwarp();
+  const int64_t row0 = int64_t(blockIdx.x) * kBwdRows;
+  for (int r = warp; r < kBwdRows; r += kBwdWarps) {
+    const int64_t n = row0 + r;
+    if (n >= N) break;
+    const bf16* g = dout + n * C;
+    const bf16* x = inp + n * C;
+    const float m = mean[n], s = rstd[n];
+    float sum_dn = 0.f, sum_dnx = 0.f;
+    for (int c0 = lane * V; c0 < C; c0 += 32 * V) {
+      float gv[V], xv[V], wv[V];
+      load_bf16<V>(gv, g + c0);
+      load_bf16<V>(xv, x + c0);
+      load_f32<V>(wv, w + c0);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float dn = gv[k] * wv[k];
+        sum_dn += dn;
+        sum_dnx += dn * ((xv[k] - m) * s);
+      }
+    }
+    const float mean_dn = warp_sum(sum_dn) / C, mean_dnx = warp_sum(sum_dnx) / C;
+    for (int c0 = lane * V; c0 < C; c0 += 32 * V) {
+      float gv[V], xv[V], wv[V], dx[V];
+      load_bf16<V>(gv, g + c0);  // the row is in L1 from the first pass
+      load_bf16<V>(xv, x + c0);
+      load_f32<V>(wv, w + c0);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float xhat = (xv[k] - m) * s;
+        const float dn = gv[k] * wv[k];
+        dx[k] = s * (dn - mean_dn - xhat * mean_dnx);
+        acc_dw[c0 + k] += xhat * gv[k];
+        acc_db[c0 + k] += gv[k];
+      }
+      if (dinp) {
+        if (accumulate) {
+          float old[V];
+          load_bf16<V>(old, dinp + n * C + c0);
+#pragma unroll
+          for (int k = 0; k < V; ++k) dx[k] += old[k];
+        }
+        store_bf16<V>(dinp + n * C + c0, dx);
+      }
+    }
   }
-  const float dnorm_mean = warp_sum(dnorm_sum) / C;
-  const float dnorm_xhat_mean = warp_sum(dnorm_xhat_sum) / C;
-  bf16* dx = dinp + n * C;
-  for (int c = lane; c < C; c += 32) {
-    const float xhat = (to_float(x[c]) - m) * s;
-    const float dnorm = to_float(g[c]) * w[c];
-    float d = s * (dnorm - dnorm_mean - xhat * dnorm_xhat_mean);
-    if (accumulate) d += to_float(dx[c]);
-    dx[c] = to_bf16(d);
+  if (partial == nullptr) return;  // uniform over the block
+  __syncthreads();
+  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    float t = 0.f;
+#pragma unroll
+    for (int k = 0; k < kBwdWarps; ++k) t += s_acc[int64_t(k) * 2 * C + c];
+    partial[int64_t(blockIdx.x) * 2 * C + c] = t;
   }
 }
+
+int64_t backward_blocks(int64_t N) { return ceil_div(N, kBwdRows); }
 
 void launch_forward(bf16* residual, bf16* out, float* mean, float* rstd, const bf16* a,
                     const bf16* b, const float* w, const float* bias, int64_t N, int C,
@@ -117,26 +165,33 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, con
 }
 
 size_t layernorm_backward_scratch_bytes(int64_t N, int C) {
-  return 2 * size_t(column_chunks(N)) * size_t(C) * sizeof(float);
+  return size_t(backward_blocks(N)) * 2 * size_t(C) * sizeof(float);
 }
 
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,
                         const bf16* inp, const float* w, const float* mean, const float* rstd,
                         int64_t N, int C, bool accumulate, cudaStream_t stream) {
-  if (N == 0) return;
-  if (dinp) {
-    const unsigned blocks = unsigned(ceil_div(N, kWarpsPerBlock));
-    layernorm_backward_dinp_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
-        dinp, dout, inp, w, mean, rstd, N, C, accumulate);
+  if (N == 0 || (!dinp && !dw && !db)) return;
+  const bool params = dw || db;
+  BRAID_CHECK(!params || scratch != nullptr,
+              "layernorm_backward needs scratch (layernorm_backward_scratch_bytes)");
+  float* partial = params ? static_cast<float*>(scratch) : nullptr;
+  const size_t smem = size_t(kBwdWarps) * 2 * C * sizeof(float);
+  BRAID_CHECK(smem <= 227 * 1024, "layernorm_backward: C = " << C << " is more than supported");
+  const unsigned blocks = unsigned(backward_blocks(N));
+  const bool vec = C % 8 == 0 && aligned16(dout) && aligned16(inp) && aligned16(w) &&
+                   (dinp == nullptr || aligned16(dinp));
+  auto launch = [&](auto kernel) {
+    if (smem > 48 * 1024)
+      BRAID_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            int(smem)));
+    kernel<<<blocks, kBwdWarps * 32, smem, stream>>>(dinp, partial, dout, inp, w, mean, rstd, N,
+                                                     C, accumulate);
     BRAID_CHECK_LAUNCH();
-  }
-  if (dw || db) {
-    BRAID_CHECK(scratch != nullptr,
-                "layernorm_backward needs scratch (layernorm_backward_scratch_bytes)");
-    float* partial_db = static_cast<float*>(scratch);
-    float* partial_dw = partial_db + column_chunks(N) * C;
-    column_sums<true>(db, dw, partial_db, partial_dw, dout, inp, mean, rstd, N, C, stream);
-  }
+  };
+  if (vec) launch(layernorm_backward_kernel<8>);
+  else launch(layernorm_backward_kernel<1>);
+  if (params) column_finalize(dw, db, C, partial, blocks, 2 * C, stream);
 }
 
 }  // namespace braid::cuda

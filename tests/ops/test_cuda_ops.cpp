@@ -237,22 +237,27 @@ TEST_F(CudaOps, PointwiseOps) {
   cuda::convert(of.get(), dx.get(), n, stream);
   expect_bitwise("convert bf16->f32", of.download(), x);
 
+  // GELU on an odd length (scalar path) and a multiple of 8 (16-byte vector path).
+  for (const int64_t m : {n, int64_t(8192)}) {
+    SCOPED_TRACE("n=" + std::to_string(m));
+    const VecF xm(x.begin(), x.begin() + m), ym(y.begin(), y.begin() + m);
+    Bf16 dxm(xm), dym(ym), outm(m);
+    VecD r(m);
+    cuda::gelu_forward(outm.get(), dxm.get(), m, stream);
+    for (int64_t i = 0; i < m; ++i) r[i] = gelu64(xm[i]);
+    expect_emulated("gelu_forward", outm.download(), r, rb(r), kUBf16);
+    const VecF prefill = random_bf16(rng, m);
+    Bf16 dinp(prefill);
+    cuda::gelu_backward(dinp.get(), dxm.get(), dym.get(), m, true, stream);
+    for (int64_t i = 0; i < m; ++i) r[i] = prefill[i] + gelu_grad64(xm[i]) * ym[i];
+    expect_emulated("gelu_backward (accumulate)", dinp.download(), r, rb(r), kUBf16);
+    Bf16 inplace(ym);  // dinp aliasing dout
+    cuda::gelu_backward(inplace.get(), dxm.get(), inplace.get(), m, false, stream);
+    for (int64_t i = 0; i < m; ++i) r[i] = gelu_grad64(xm[i]) * ym[i];
+    expect_emulated("gelu_backward (in place)", inplace.download(), r, rb(r), kUBf16);
+  }
+
   VecD ref(n);
-  out.poison();
-  cuda::gelu_forward(out.get(), dx.get(), n, stream);
-  for (int64_t i = 0; i < n; ++i) ref[i] = gelu64(x[i]);
-  expect_emulated("gelu_forward", out.download(), ref, rb(ref), kUBf16);
-
-  const VecF prefill = random_bf16(rng, n);
-  Bf16 dinp(prefill);
-  cuda::gelu_backward(dinp.get(), dx.get(), dy.get(), n, true, stream);
-  for (int64_t i = 0; i < n; ++i) ref[i] = prefill[i] + gelu_grad64(x[i]) * y[i];
-  expect_emulated("gelu_backward (accumulate)", dinp.download(), ref, rb(ref), kUBf16);
-  Bf16 inplace(y);  // dinp aliasing dout
-  cuda::gelu_backward(inplace.get(), dx.get(), inplace.get(), n, false, stream);
-  for (int64_t i = 0; i < n; ++i) ref[i] = gelu_grad64(x[i]) * y[i];
-  expect_emulated("gelu_backward (in place)", inplace.download(), ref, rb(ref), kUBf16);
-
   out.poison();
   cuda::residual_forward(out.get(), dx.get(), dy.get(), n, stream);
   for (int64_t i = 0; i < n; ++i) ref[i] = double(x[i]) + y[i];

@@ -1,0 +1,174 @@
+// CudaBackend: bf16 activations and GEMM weights, fp32 master weights, gradients and
+// statistics, over the kernels of ops/cuda/ on this rank's compute stream. Built only
+// when nvcc is found (BRAID_HAVE_CUDA). The bf16 weight copies are refreshed after every
+// optimizer step and checkpoint load (refresh_weights).
+#ifdef BRAID_HAVE_CUDA
+#include <cstring>
+
+#include "framework/backend.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/runtime.h"
+
+namespace braid {
+namespace {
+
+using cuda::bf16;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device, bool cudnn_attention) : ctx_(device), use_cudnn_(cudnn_attention) {}
+  Device device() const override { return Device::CUDA; }
+  DType activation_dtype() const override { return DType::BF16; }
+
+  void bind(ParamStore& store) override {
+    store_ = &store;
+    BRAID_CHECK(store.device() == Device::CUDA, "CUDA backend needs the parameters on the GPU");
+    weights_ = Tensor::empty({store.flat_size()}, DType::BF16, Device::CUDA);
+    refresh_weights();
+  }
+  void refresh_weights() override {
+    cuda::convert(weights_.data<bf16>(), store_->flat_values().f32(), store_->flat_size(), s());
+  }
+
+  void embedding_forward(Tensor& out, const std::vector<int32_t>& tokens, int wte) override {
+    const Param& p = (*store_)[wte];
+    Tensor tok = upload(tokens);
+    cuda::embedding_forward(b(out), tok.data<int32_t>(), p.value.f32(), int64_t(tokens.size()),
+                            int(p.value.dim(1)), p.spec.shard_offset, p.spec.storage_rows, s());
+  }
+  void embedding_backward(const Tensor& dout, const std::vector<int32_t>& tokens, int wte) override {
+    const Param& p = (*store_)[wte];
+    cuda::TokenRows tr = cuda::group_token_rows(tokens.data(), int64_t(tokens.size()),
+                                                p.spec.shard_offset, p.spec.storage_rows);
+    if (tr.rows.empty()) return;
+    Tensor rows = upload(tr.rows), offs = upload(tr.offsets), pos = upload(tr.positions);
+    cuda::embedding_backward(p.grad.f32(), cb(dout), rows.data<int32_t>(), offs.data<int32_t>(),
+                             pos.data<int32_t>(), int(tr.rows.size()), int(p.value.dim(1)), s());
+  }
+  void position_forward(Tensor& x, int wpe, int B, int T, int pos_offset) override {
+    cuda::position_forward(b(x), v(wpe), B, T, int(x.dim(-1)), pos_offset, s());
+  }
+  void position_backward(const Tensor& dx, int wpe, int B, int T, int pos_offset) override {
+    cuda::position_backward(g(wpe), cb(dx), B, T, int(dx.dim(-1)), pos_offset, s());
+  }
+  void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& inp, int w, int bi) override {
+    const int C = int(inp.dim(-1));
+    cuda::layernorm_forward(b(out), mean.f32(), rstd.f32(), cb(inp), v(w), v(bi), inp.numel() / C, C, s());
+  }
+  void layernorm_backward_accumulate(Tensor& dinp, const Tensor& dout, const Tensor& inp, int w, int bi,
+                                     const Tensor& mean, const Tensor& rstd) override {
+    const int C = int(inp.dim(-1));
+    const int64_t N = inp.numel() / C;
+    void* sc = scratch(cuda::layernorm_backward_scratch_bytes(N, C));
+    cuda::layernorm_backward(b(dinp), g(w), g(bi), sc, cb(dout), cb(inp), v(w), mean.f32(), rstd.f32(), N,
+                             C, true, s());
+  }
+  void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) override {
+    cuda::matmul_forward(ctx_.gemm(), b(out), nullptr, cb(inp), wb(w), bias >= 0 ? v(bias) : nullptr, N, IC,
+                         OC, false, s());
+  }
+  void matmul_backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N,
+                       int IC, int OC) override {
+    void* sc = bias >= 0 ? scratch(cuda::bias_backward_scratch_bytes(N, OC)) : nullptr;
+    cuda::matmul_backward(ctx_.gemm(), dinp ? b(*dinp) : nullptr, g(w), bias >= 0 ? g(bias) : nullptr, sc,
+                          cb(dout), cb(inp), wb(w), N, IC, OC, false, s());
+  }
+  void bias_backward(const Tensor& dout, int bias, int64_t N, int C) override {
+    cuda::bias_backward(g(bias), scratch(cuda::bias_backward_scratch_bytes(N, C)), cb(dout), N, C, s());
+  }
+  void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, int B, int T, int NH, int HS) override {
+    saved = Tensor::empty({B, NH, T}, DType::F32, Device::CUDA);  // log-sum-exp per row
+    if (use_cudnn_) cudnn().forward(b(out), saved.f32(), cb(qkv), B, T, NH, HS, s());
+    else cuda::attention_forward(b(out), saved.f32(), cb(qkv), B, T, NH, HS, s());
+  }
+  void attention_backward(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
+                          const Tensor& saved, int B, int T, int NH, int HS) override {
+    if (use_cudnn_) {
+      cudnn().backward(b(dqkv), cb(dout), cb(qkv), cb(out), saved.f32(), B, T, NH, HS, s());
+      return;
+    }
+    void* sc = scratch(cuda::attention_backward_scratch_bytes(B, T, NH));
+    cuda::attention_backward(b(dqkv), sc, cb(dout), cb(qkv), cb(out), saved.f32(), B, T, NH, HS, false, s());
+  }
+  void gelu_forward(Tensor& out, const Tensor& inp) override { cuda::gelu_forward(b(out), cb(inp), inp.numel(), s()); }
+  void gelu_backward(Tensor& dinp, const Tensor& inp, const Tensor& dout) override {
+    cuda::gelu_backward(b(dinp), cb(inp), cb(dout), inp.numel(), false, s());
+  }
+  void residual_forward(Tensor& out, const Tensor& a, const Tensor& bb) override {
+    cuda::residual_forward(b(out), cb(a), cb(bb), a.numel(), s());
+  }
+  double cross_entropy(Tensor& logits, const std::vector<int32_t>& targets, int64_t N, int Vl,
+                       int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) override {
+    Tensor tgt = upload(targets);
+    Tensor row_max = stats({N}), row_sum = stats({N}), tlogit = stats({N}), losses = stats({N});
+    const int32_t* t = tgt.data<int32_t>();
+    cuda::xent_local_max(row_max.f32(), cb(logits), N, Vl, vstart, vreal, s());
+    tp.all_reduce(row_max.raw(), N, DType::F32, ReduceOp::Max);
+    cuda::xent_local_sumexp(row_sum.f32(), cb(logits), row_max.f32(), N, Vl, vstart, vreal, s());
+    tp.all_reduce(row_sum.raw(), N, DType::F32, ReduceOp::Sum);
+    cuda::xent_target_logit(tlogit.f32(), cb(logits), t, N, Vl, vstart, s());
+    tp.all_reduce(tlogit.raw(), N, DType::F32, ReduceOp::Sum);
+    cuda::xent_losses(losses.f32(), row_max.f32(), row_sum.f32(), tlogit.f32(), t, N, s());
+    if (grad)
+      cuda::xent_backward(b(logits), cb(logits), t, row_max.f32(), row_sum.f32(), N, Vl, vstart, vreal, scale, s());
+    Tensor host = Tensor::empty({N});
+    host.copy_from(losses);  // waits for the compute stream (blocking streams + legacy copy)
+    double sum = 0;
+    for (int64_t n = 0; n < N; ++n) sum += host.f32()[n];
+    return sum;
+  }
+  std::vector<float> row_to_host(const Tensor& x, int64_t row, int64_t width) override {
+    Tensor h = Tensor::empty({width}, DType::BF16);
+    h.copy_from(x.view(row * width, {width}));
+    std::vector<float> out(static_cast<size_t>(width));
+    for (int64_t i = 0; i < width; ++i) out[size_t(i)] = bf16_to_f32(h.data<uint16_t>()[i]);
+    return out;
+  }
+  void synchronize() override { ctx_.synchronize(); }
+
+ private:
+  cudaStream_t s() const { return ctx_.compute_stream(); }
+  static bf16* b(const Tensor& t) {
+    BRAID_CHECK(t.dtype() == DType::BF16 && t.device() == Device::CUDA, "expected a bf16 CUDA tensor");
+    return t.data<bf16>();
+  }
+  static const bf16* cb(const Tensor& t) { return b(t); }
+  float* v(int i) { return (*store_)[i].value.f32(); }
+  float* g(int i) { return (*store_)[i].grad.f32(); }
+  const bf16* wb(int i) { return weights_.data<bf16>() + (*store_)[i].flat_offset; }
+  Tensor stats(Shape sh) { return Tensor::empty(std::move(sh), DType::F32, Device::CUDA); }
+  Tensor upload(const std::vector<int32_t>& h) {
+    Tensor host = Tensor::empty({int64_t(std::max<size_t>(h.size(), 1))}, DType::I32);
+    std::memcpy(host.raw(), h.data(), h.size() * sizeof(int32_t));
+    Tensor d = Tensor::empty(host.shape(), DType::I32, Device::CUDA);
+    d.copy_from(host);
+    return d;
+  }
+  // One reusable scratch buffer: every user runs on the compute stream, in order.
+  void* scratch(size_t bytes) {
+    if (bytes == 0) return nullptr;
+    if (!scratch_.defined() || scratch_.size_bytes() < bytes)
+      scratch_ = Tensor::empty({int64_t((bytes + 3) / 4)}, DType::F32, Device::CUDA);
+    return scratch_.raw();
+  }
+  cuda::CudnnAttention& cudnn() {
+    if (!cudnn_attention_) cudnn_attention_ = std::make_unique<cuda::CudnnAttention>(ctx_.cudnn());
+    return *cudnn_attention_;
+  }
+
+  cuda::CudaContext ctx_;
+  bool use_cudnn_;
+  ParamStore* store_ = nullptr;
+  Tensor weights_, scratch_;
+  std::unique_ptr<cuda::CudnnAttention> cudnn_attention_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index, bool cudnn_attention) {
+  return std::make_unique<CudaBackend>(device_index, cudnn_attention);
+}
+
+}  // namespace braid
+#endif  // BRAID_HAVE_CUDA
