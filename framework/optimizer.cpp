@@ -3,20 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "framework/optimizer_device.h"
 #include "ops/ops.h"
 
 namespace braid {
-
-// Implemented in optimizer_cuda.cpp when the CUDA backend is built.
-struct Optimizer::DeviceState {
-  static std::unique_ptr<DeviceState> make(Optimizer& o);
-  virtual ~DeviceState() = default;
-  virtual double sum_squares_owned() = 0;
-  virtual void scale_grads(float s) = 0;
-  virtual void step(float lr, const AdamWConfig& cfg, int64_t t) = 0;
-  virtual void get_moments(std::vector<float>& m, std::vector<float>& v) = 0;
-  virtual void set_moments(const std::vector<float>& m, const std::vector<float>& v) = 0;
-};
 
 #ifndef BRAID_HAVE_CUDA
 std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer&) {

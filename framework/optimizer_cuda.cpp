@@ -4,7 +4,7 @@
 #ifdef BRAID_HAVE_CUDA
 #include <cstring>
 
-#include "framework/optimizer.h"
+#include "framework/optimizer_device.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 

@@ -78,26 +78,26 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
       }
       case ActionKind::SendAct: {
         const Tensor& out = acts.at(k).output;
-        sends.emplace_back(pp.send_async(out.raw(), out.numel(), DType::F32, a.peer,
+        sends.emplace_back(pp.send_async(out.raw(), out.numel(), out.dtype(), a.peer,
                                          message_tag(a, stage, spec_)), out);
         break;
       }
       case ActionKind::RecvAct: {
         Tensor t = new_activation();
-        pp.recv(t.raw(), t.numel(), DType::F32, a.peer, message_tag(a, stage, spec_));
+        pp.recv(t.raw(), t.numel(), t.dtype(), a.peer, message_tag(a, stage, spec_));
         act_in[k] = t;
         break;
       }
       case ActionKind::SendGrad: {
         Tensor t = grad_out.at(k);
         grad_out.erase(k);
-        sends.emplace_back(pp.send_async(t.raw(), t.numel(), DType::F32, a.peer,
+        sends.emplace_back(pp.send_async(t.raw(), t.numel(), t.dtype(), a.peer,
                                          message_tag(a, stage, spec_)), t);
         break;
       }
       case ActionKind::RecvGrad: {
         Tensor t = new_activation();
-        pp.recv(t.raw(), t.numel(), DType::F32, a.peer, message_tag(a, stage, spec_));
+        pp.recv(t.raw(), t.numel(), t.dtype(), a.peer, message_tag(a, stage, spec_));
         grad_in[k] = t;
         break;
       }
@@ -137,14 +137,14 @@ double PipelineEngine::run_forward(const std::vector<std::vector<int32_t>>& toke
           in = new_activation();
           // Tags of the evaluation phase: any unique-per-message scheme works since the
           // training phase has drained all of its messages.
-          pp.recv(in.raw(), in.numel(), DType::F32, (g - 1) % P, mb * G + g);
+          pp.recv(in.raw(), in.numel(), in.dtype(), (g - 1) % P, mb * G + g);
         }
       }
       model_.forward(c, ca, g > 0 ? &in : nullptr, false, 0.f);
       if (ch.has_head) loss_sum += ca.loss_sum;
       if (g < G - 1) {
         if (P == 1) carry = ca.output;
-        else sends.emplace_back(pp.send_async(ca.output.raw(), ca.output.numel(), DType::F32,
+        else sends.emplace_back(pp.send_async(ca.output.raw(), ca.output.numel(), ca.output.dtype(),
                                               (g + 1) % P, mb * G + g + 1), ca.output);
       }
     }

@@ -1,5 +1,11 @@
 #include "ops/check.h"
 
+#include <execinfo.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
 namespace braid {
 namespace {
 std::string& prefix_storage() {
@@ -19,6 +25,12 @@ void throw_error(const char* library, long code, const char* expr, const char* f
   if (code != 0) os << " " << code;
   os << " at " << file << ":" << line << ": " << expr;
   if (!detail.empty()) os << ": " << detail;
+  if (std::getenv("BRAID_BACKTRACE")) {  // debugging aid: where the error was raised
+    void* frames[48];
+    int n = backtrace(frames, 48);
+    std::fprintf(stderr, "%s\n", os.str().c_str());
+    backtrace_symbols_fd(frames, n, STDERR_FILENO);
+  }
   throw Error(library, code, os.str());
 }
 }  // namespace braid

@@ -194,7 +194,8 @@ class GraphBuilder {
                                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr));
     BRAID_CHECK(count > 0, "cuDNN offers no engine for this attention graph");
     std::vector<cudnnBackendDescriptor_t> cfgs;
-    for (int64_t i = 0; i < count; ++i) cfgs.push_back(make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR).get());
+    for (int64_t i = 0; i < count; ++i)
+      cfgs.push_back(make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR).get());
     int64_t got = 0;
     BRAID_CHECK_CUDNN(cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                                CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,

@@ -4,7 +4,9 @@
 //   - activations and activation gradients are bf16;
 //   - GEMM weights are bf16 copies of the fp32 master weights (adamw_update writes them);
 //     small parameter vectors (layernorm w/b, biases) and the embedding tables are read as
-//     fp32 directly;
+//     fp32 directly (one exception: where cuBLASLt's fused epilogue takes no fp32 bias for a
+//     bf16 output, as on the H200 with cuBLAS 13, the bias enters the epilogue rounded to
+//     bf16, see matmul_last_epilogue_path);
 //   - parameter gradients are fp32 and ACCUMULATED (+=), like the CPU backward;
 //   - every sum, statistic, softmax, loss and norm is accumulated in fp32 (fp64 for norms);
 //   - results are deterministic: no floating-point atomics; a reduction over rows writes

@@ -66,6 +66,14 @@ layernorm_forward_kernel(bf16* residual, bf16* out, float* mean_out, float* rstd
 constexpr int kBwdWarps = 4;
 constexpr int kBwdRows = 32;
 
+// Where column c lives in a warp's accumulator: with V = 8 a lane owns 8 consecutive
+// columns, so they are stored k-major (column c0 + k at k * C/8 + c0/8) and the lanes of a
+// warp touch consecutive words (no bank conflicts).
+template <int V>
+__device__ __forceinline__ int acc_slot(int c, int C) {
+  return V == 8 ? (c & 7) * (C >> 3) + (c >> 3) : c;
+}
+
 template <int V>
 __global__ void __launch_bounds__(kBwdWarps * 32)
 layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
@@ -108,8 +116,8 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
         const float xhat = (xv[k] - m) * s;
         const float dn = gv[k] * wv[k];
         dx[k] = s * (dn - mean_dn - xhat * mean_dnx);
-        acc_dw[c0 + k] += xhat * gv[k];
-        acc_db[c0 + k] += gv[k];
+        acc_dw[acc_slot<V>(c0 + k, C)] += xhat * gv[k];
+        acc_db[acc_slot<V>(c0 + k, C)] += gv[k];
       }
       if (dinp) {
         if (accumulate) {
@@ -125,9 +133,10 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
   if (partial == nullptr) return;  // uniform over the block
   __syncthreads();
   for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    const int slot = c < C ? acc_slot<V>(c, C) : C + acc_slot<V>(c - C, C);
     float t = 0.f;
 #pragma unroll
-    for (int k = 0; k < kBwdWarps; ++k) t += s_acc[int64_t(k) * 2 * C + c];
+    for (int k = 0; k < kBwdWarps; ++k) t += s_acc[int64_t(k) * 2 * C + slot];
     partial[int64_t(blockIdx.x) * 2 * C + c] = t;
   }
 }
@@ -155,7 +164,8 @@ void launch_forward(bf16* residual, bf16* out, float* mean, float* rstd, const b
 void residual_layernorm_forward(bf16* residual, bf16* out, float* mean, float* rstd,
                                 const bf16* a, const bf16* b, const float* w,
                                 const float* bias, int64_t N, int C, cudaStream_t stream) {
-  BRAID_CHECK(b != nullptr && residual != nullptr, "residual_layernorm_forward needs a, b, residual");
+  BRAID_CHECK(b != nullptr && residual != nullptr,
+              "residual_layernorm_forward needs a, b and residual");
   launch_forward(residual, out, mean, rstd, a, b, w, bias, N, C, stream);
 }
 

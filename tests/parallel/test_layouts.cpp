@@ -6,12 +6,21 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "../test_util.h"
+#include "ops/device_memory.h"
 
 namespace braid {
 namespace {
+
+// BRAID_TEST_DEVICE=cuda runs every layout with the CUDA kernels on the GPU(s) through the
+// MPI data plane (several ranks may share one GPU); the reference is the one-rank GPU run.
+std::string test_device() {
+  const char* d = std::getenv("BRAID_TEST_DEVICE");
+  return d ? d : "cpu";
+}
 
 struct Layout {
   int tp = 1, pp = 1, dp = 1, vs = 1;
@@ -52,6 +61,7 @@ TrainConfig base_config(const std::string& data, const std::string& out) {
   c.eval_batches = 2;
   c.quiet = true;
   c.bucket_mb = 0.01;  // several buckets even for this tiny model: exercises overlap
+  c.device = test_device();
   return c;
 }
 
@@ -100,6 +110,7 @@ std::vector<Layout> all_layouts() {
 class LayoutEquivalence : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    if (test_device() == "cuda" && gpu_count() == 0) return;
     data_ = test::make_token_dataset("layouts", 96, 4096, 1024);
     Layout ref;
     ref_ = test::run_on_ranks(layout_config(ref, data_, test::temp_dir("layout_ref")), 1);
@@ -111,6 +122,8 @@ std::string LayoutEquivalence::data_;
 test::RunResult LayoutEquivalence::ref_;
 
 TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
+  const bool gpu = test_device() == "cuda";
+  if (gpu && gpu_count() == 0) GTEST_SKIP() << "BRAID_TEST_DEVICE=cuda but no GPU";
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -121,6 +134,7 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
   int ran = 0;
   for (const Layout& l : all_layouts()) {
     if (l.world() > world) continue;
+    if (gpu && l.zero) continue;  // ZeRO-1 is CPU-only so far
     ++ran;
     auto r = test::run_on_ranks(layout_config(l, data_, test::temp_dir("layout_" + l.name())), l.world());
     ASSERT_EQ(r.losses.size(), ref_.losses.size()) << l.name();
@@ -131,27 +145,38 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
     // per-microbatch accumulation); 5 steps of AdamW keep the loss within ~1e-6
     // relative. 2e-5 leaves headroom while any real bug (a wrong shard, a lost
     // gradient) moves the loss by >1e-3.
-    EXPECT_LE(max_rel, 2e-5) << l.name();
+    // On the GPU, bf16 activations are rounded at different points per layout (partial
+    // sums of row-parallel GEMMs are all-reduced in bf16): 1e-2 relative there.
+    EXPECT_LE(max_rel, gpu ? 1e-2 : 2e-5) << l.name();
     // Final parameters, read back from each run's checkpoint as full logical tensors
     // (this also proves every rank wrote the right slice). AdamW moves each element by
     // at most ~lr per step, normalised by sqrt(v); reordered sums perturb that by
     // roughly float eps relative, amplified where v is tiny. 5e-5 absolute (lr is 3e-3,
     // so 0.3% of one step) catches any shard error, which is O(lr) or O(weight).
-    double max_abs = 0;
+    double max_abs = 0, worst_rms = 0;
     std::string worst;
     if (rank == 0) {
       for (const auto& [name, shape] : names) {
         auto a = test::read_checkpoint_tensor(ref_.checkpoint, "params", name);
         auto b = test::read_checkpoint_tensor(r.checkpoint, "params", name);
-        for (size_t i = 0; i < a.size(); ++i)
+        double ss = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+          ss += double(a[i] - b[i]) * double(a[i] - b[i]);
           if (std::abs(a[i] - b[i]) > max_abs) {
             max_abs = std::abs(a[i] - b[i]);
             worst = name;
           }
+        }
+        worst_rms = std::max(worst_rms, std::sqrt(ss / double(a.size())));
       }
-      EXPECT_LE(max_abs, 5e-5) << l.name() << " worst tensor " << worst;
-      std::printf("layout %-40s max rel loss diff %.3g  max abs param diff %.3g\n", l.name().c_str(),
-                  max_rel, max_abs);
+      // GPU (bf16): elements whose gradient is pure rounding noise get Adam steps of +-lr
+      // in either run, so single elements may differ by up to 2 x lr x steps = 3e-2; the
+      // tensor-wide RMS difference must stay a fraction of one step (lr = 3e-3), while a
+      // wrong shard moves it to the weights' own scale (~2e-2).
+      EXPECT_LE(max_abs, gpu ? 3e-2 : 5e-5) << l.name() << " worst tensor " << worst;
+      if (gpu) EXPECT_LE(worst_rms, 1.5e-3) << l.name();
+      std::printf("layout %-40s max rel loss diff %.3g  max abs param diff %.3g  worst rms %.3g\n",
+                  l.name().c_str(), max_rel, max_abs, worst_rms);
     }
   }
   EXPECT_GT(ran, 1) << "no parallel layout fits a world of " << world;

@@ -1,0 +1,21 @@
+// The GPU half of the optimizer behind a small interface, so that optimizer.cpp compiles
+// without CUDA headers; implemented in optimizer_cuda.cpp when the CUDA backend is built.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "framework/optimizer.h"
+
+namespace braid {
+
+struct Optimizer::DeviceState {
+  static std::unique_ptr<DeviceState> make(Optimizer& o);
+  virtual ~DeviceState() = default;
+  virtual double sum_squares_owned() = 0;  // this rank's norm-owned gradient elements
+  virtual void scale_grads(float s) = 0;
+  virtual void step(float lr, const AdamWConfig& cfg, int64_t t) = 0;
+  virtual void get_moments(std::vector<float>& m, std::vector<float>& v) = 0;
+  virtual void set_moments(const std::vector<float>& m, const std::vector<float>& v) = 0;
+};
+
+}  // namespace braid
