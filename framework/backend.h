@@ -50,6 +50,19 @@ class Backend {
   virtual void gelu_forward(Tensor& out, const Tensor& inp) = 0;
   virtual void gelu_backward(Tensor& dinp, const Tensor& inp, const Tensor& dout) = 0;
   virtual void residual_forward(Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  // Fusions (one pass on the GPU; composed from the ops above by default):
+  // residual = a + b; ln = LN(residual).
+  virtual void residual_layernorm_forward(Tensor& residual, Tensor& ln, Tensor& mean, Tensor& rstd,
+                                          const Tensor& a, const Tensor& b, int w, int bias) {
+    residual_forward(residual, a, b);
+    layernorm_forward(ln, mean, rstd, residual, w, bias);
+  }
+  // pre = inp @ W^T + bias; out = GELU(pre) (GELU in the GEMM epilogue on the GPU).
+  virtual void matmul_gelu_forward(Tensor& pre, Tensor& out, const Tensor& inp, int w, int bias,
+                                   int64_t N, int IC, int OC) {
+    matmul_forward(pre, inp, w, bias, N, IC, OC);
+    gelu_forward(out, pre);
+  }
   // Vocab-parallel cross-entropy over this rank's logits [N, Vl] (global ids from
   // vocab_start; ids >= vocab_real are padding), the TP group assembling the softmax.
   // Returns the sum of the N per-token losses; with `grad`, logits become dlogits * scale.

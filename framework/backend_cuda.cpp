@@ -98,6 +98,17 @@ class CudaBackend final : public Backend {
   void residual_forward(Tensor& out, const Tensor& a, const Tensor& bb) override {
     cuda::residual_forward(b(out), cb(a), cb(bb), a.numel(), s());
   }
+  void residual_layernorm_forward(Tensor& residual, Tensor& ln, Tensor& mean, Tensor& rstd, const Tensor& a,
+                                  const Tensor& bb, int w, int bias) override {
+    const int C = int(a.dim(-1));
+    cuda::residual_layernorm_forward(b(residual), b(ln), mean.f32(), rstd.f32(), cb(a), cb(bb), v(w), v(bias),
+                                     a.numel() / C, C, s());
+  }
+  void matmul_gelu_forward(Tensor& pre, Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC,
+                           int OC) override {
+    cuda::matmul_forward(ctx_.gemm(), b(out), b(pre), cb(inp), wb(w), bias >= 0 ? v(bias) : nullptr, N, IC, OC,
+                         true, s());
+  }
   double cross_entropy(Tensor& logits, const std::vector<int32_t>& targets, int64_t N, int Vl,
                        int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) override {
     Tensor tgt = upload(targets);

@@ -170,17 +170,14 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   be_.matmul_forward(proj_partial, a.atty, lp.projw, rank0 ? lp.projb : -1, N, Cl, C);
   partial_to_local(proj_partial, proj);
   a.res2 = be_.activation({B_, Ts, C});
-  be_.residual_forward(a.res2, x, proj);
-
   a.ln2 = be_.activation({B_, Ts, C});
   a.ln2_mean = be_.stats({Ns});
   a.ln2_rstd = be_.stats({Ns});
-  be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, lp.ln2w, lp.ln2b);
+  be_.residual_layernorm_forward(a.res2, a.ln2, a.ln2_mean, a.ln2_rstd, x, proj, lp.ln2w, lp.ln2b);
   to_full_seq(a.ln2, a.ln2_full);
   a.fch = be_.activation({B_, T, 4 * Cl});
   a.fch_gelu = be_.activation({B_, T, 4 * Cl});
-  be_.matmul_forward(a.fch, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
-  be_.gelu_forward(a.fch_gelu, a.fch);
+  be_.matmul_gelu_forward(a.fch, a.fch_gelu, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
   Tensor fc_partial = be_.activation({B_, T, C}), fcproj;
   be_.matmul_forward(fc_partial, a.fch_gelu, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, 4 * Cl, C);
   partial_to_local(fc_partial, fcproj);

@@ -68,6 +68,26 @@ void Trainer::init_or_resume() {
   backend_->refresh_weights();
   step_ = st.step;
   data_position_ = st.data_position;
+  // Steps logged after this checkpoint by a run that was killed before its next save are
+  // replayed now: drop their metrics lines so the file stays one line per step.
+  if (groups_.grid.world_rank == 0) {
+    fs::path mp = fs::path(cfg_.out_dir) / "metrics.jsonl";
+    if (fs::exists(mp)) {
+      std::ifstream in(mp);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        try {
+          if (nlohmann::json::parse(line).value("step", int64_t(0)) <= step_) kept += line + "\n";
+        } catch (...) {  // a torn last line from a crash
+        }
+      }
+      in.close();
+      std::ofstream out(mp.string() + ".tmp", std::ios::trunc);
+      out << kept;
+      out.close();
+      fs::rename(mp.string() + ".tmp", mp);
+    }
+  }
   BRAID_REQUIRE(st.seed == cfg_.seed, "checkpoint " << path << " was trained with --seed " << st.seed
                                                      << " but this run has --seed " << cfg_.seed);
   if (groups_.grid.world_rank == 0 && !cfg_.quiet)

@@ -1,6 +1,7 @@
 #include "launch/lib/entry.h"
 
 #include <mpi.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -46,7 +47,10 @@ void configure_rank(const RankGrid& grid, int threads) {
     int local = 1;
     MPI_Comm_size(node, &local);
     MPI_Comm_free(&node);
-    int cores = int(std::thread::hardware_concurrency());
+    // The CPUs this process may run on (a Slurm allocation or taskset), not the node's.
+    cpu_set_t set;
+    int cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set)
+                                                             : int(std::thread::hardware_concurrency());
     threads = std::max(1, cores / std::max(1, local));
   }
   set_cpu_threads(threads);

@@ -52,5 +52,22 @@ if [ "$rc" -eq 0 ] && grep -q "stopping on signal" "$WORK/p.log" && [ -f "$P/che
   pass "SIGTERM: checkpoint $(cat "$P/checkpoints/latest") saved, exit 0"
 else fail "SIGTERM handling (rc $rc)"; tail -5 "$WORK/p.log"; fi
 
+# Hard kill (node failure, KillWait expiry): steps logged after the last checkpoint are
+# replayed on resume, and metrics.jsonl stays one line per step.
+K="$WORK/killed"
+$MPIRUN -n 2 "$BIN/braid-train" --config "$WORK/run.ini" --data "$DATA" --out "$K" --steps 100000 --save-every 5 >/dev/null 2>&1 &
+kpid=$!
+for i in $(seq 1 150); do [ -f "$K/metrics.jsonl" ] && [ "$(wc -l < "$K/metrics.jsonl")" -ge 8 ] && [ -f "$K/checkpoints/latest" ] && break; sleep 0.2; done
+pkill -KILL -f "^$BIN/braid-train --config $WORK/run.ini --data $DATA --out $K" || true
+wait $kpid 2>/dev/null
+last=$(cat "$K/checkpoints/latest" | sed 's/step_0*//')
+target=$((last + 6))
+timeout 120 $MPIRUN -n 2 "$BIN/braid-train" --config "$WORK/run.ini" --data "$DATA" --out "$K" --steps 100000 --stop-after $target --save-every 5 >/dev/null 2>&1
+python3 - "$K/metrics.jsonl" "$target" <<'PY' && pass "after SIGKILL and resume, metrics.jsonl holds steps 1..N once each" || fail "metrics after SIGKILL"
+import json, sys
+steps = [json.loads(l)["step"] for l in open(sys.argv[1])]
+assert steps == list(range(1, int(sys.argv[2]) + 1)), steps
+PY
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
