@@ -25,7 +25,6 @@ Optimizer::Optimizer(ParamStore& store, GradReducer& reducer, ProcessGroups& gro
   }
   std::sort(segments_.begin(), segments_.end(), [](auto& a, auto& b) { return a.lo < b.lo; });
   if (store_.device() == Device::CUDA) {
-    BRAID_CHECK(!reducer_.zero(), "ZeRO-1 on the GPU is not implemented");
     dev_ = DeviceState::make(*this);
     return;
   }
@@ -63,7 +62,7 @@ void Optimizer::for_each_segment(int64_t lo, int64_t hi, F&& f) const {
 double Optimizer::clip_grad_norm(float max_norm) {
   if (dev_) {
     double ss = dev_->sum_squares_owned();
-    all_reduce_double(*groups_.mp, &ss, 1);
+    all_reduce_double(reducer_.zero() ? *groups_.world : *groups_.mp, &ss, 1);
     double norm = std::sqrt(ss);
     double coef = max_norm > 0 ? double(max_norm) / (norm + 1e-6) : 1.0;
     if (coef < 1.0) dev_->scale_grads(float(coef));

@@ -145,7 +145,6 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.model.seq_len >= 1, "--seq-len must be >= 1");
   BRAID_REQUIRE(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda (got '" << c.device << "')");
   BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");
-  BRAID_REQUIRE(!(c.device == "cuda" && c.zero == 1), "--zero 1 is not implemented for --device cuda yet; use --zero 0");
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {

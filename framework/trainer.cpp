@@ -42,7 +42,8 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   for (const Bucket& b : store_.buckets()) ranges.push_back({b.offset, b.size});
   for (int i = 0; i < store_.size(); ++i)
     if (store_[i].spec.name == "wte") wte_bucket_ = store_.bucket_of(i);
-  reducer_ = std::make_unique<GradReducer>(*groups_.dp, store_.flat_grads().f32(), ranges, cfg_.zero == 1);
+  reducer_ = std::make_unique<GradReducer>(*groups_.dp, store_.flat_grads().f32(), ranges, cfg_.zero == 1,
+                                           backend_->device());
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
   ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
   engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);

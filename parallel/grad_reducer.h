@@ -24,7 +24,8 @@ struct BucketRange {
 
 class GradReducer {
  public:
-  GradReducer(Communicator& dp, float* flat_grads, std::vector<BucketRange> buckets, bool zero);
+  GradReducer(Communicator& dp, float* flat_grads, std::vector<BucketRange> buckets, bool zero,
+              Device device = Device::CPU);
 
   void launch(int bucket);
   bool launched(int bucket) const { return launched_[bucket]; }
@@ -39,7 +40,7 @@ class GradReducer {
   int64_t shard_begin(int b) const { return buckets_[b].offset + dp_.rank() * shard_size(b); }
   int64_t shard_offset(int b) const { return shard_offsets_[b]; }
   int64_t shard_total() const { return shard_total_; }
-  float* shard_grads() { return shard_grads_.data(); }
+  float* shard_grads() { return shard_grads_.f32(); }
   const std::vector<BucketRange>& buckets() const { return buckets_; }
   Communicator& dp() { return dp_; }
 
@@ -52,7 +53,7 @@ class GradReducer {
   std::vector<std::unique_ptr<CommRequest>> pending_;
   std::vector<int64_t> shard_offsets_;
   int64_t shard_total_ = 0;
-  std::vector<float> shard_grads_;
+  Tensor shard_grads_;  // on the gradients' device
 };
 
 }  // namespace braid

@@ -14,6 +14,6 @@ if(BRAID_HAVE_CUDA)
 endif()
 braid_test(test_cuda_training 300 cuda)
 # The layout-equivalence suite with CUDA tensors on the GPU(s), MPI data plane.
-add_test(NAME test_layouts_cuda_np4 COMMAND ${BRAID_MPIEXEC} -n 4 $<TARGET_FILE:test_layouts>)
-set_tests_properties(test_layouts_cuda_np4 PROPERTIES TIMEOUT 900 LABELS "mpi;cuda"
+add_test(NAME test_layouts_cuda_np8 COMMAND ${BRAID_MPIEXEC} -n 8 $<TARGET_FILE:test_layouts>)
+set_tests_properties(test_layouts_cuda_np8 PROPERTIES TIMEOUT 900 LABELS "mpi;cuda"
                      ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda")

@@ -134,7 +134,6 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
   int ran = 0;
   for (const Layout& l : all_layouts()) {
     if (l.world() > world) continue;
-    if (gpu && l.zero) continue;  // ZeRO-1 is CPU-only so far
     ++ran;
     auto r = test::run_on_ranks(layout_config(l, data_, test::temp_dir("layout_" + l.name())), l.world());
     ASSERT_EQ(r.losses.size(), ref_.losses.size()) << l.name();
