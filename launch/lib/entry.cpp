@@ -29,6 +29,9 @@ void install_stop_signals() {
 bool stop_signal_received() { return g_stop.load(); }
 
 int local_gpu_index() {
+#ifndef BRAID_HAVE_CUDA
+  throw InputError("--device cuda: this build of Braid has no CUDA backend (nvcc was not found at configure time)");
+#endif
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
   int local = 0;
