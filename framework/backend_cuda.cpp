@@ -137,6 +137,9 @@ class CudaBackend final : public Backend {
     return out;
   }
   void synchronize() override { ctx_.synchronize(); }
+  std::pair<void*, void*> cuda_streams() override {
+    return {static_cast<void*>(ctx_.compute_stream()), static_cast<void*>(ctx_.comm_stream())};
+  }
 
  private:
   cudaStream_t s() const { return ctx_.compute_stream(); }

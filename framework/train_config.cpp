@@ -79,6 +79,7 @@ po::options_description train_options(TrainConfig& c) {
     ("quiet", po::bool_switch(&c.quiet), "no console log lines (metrics.jsonl is still written)")
     ("device", po::value(&c.device)->default_value("cpu"), "cpu | cuda (bf16 compute, fp32 master weights; one GPU per node-local rank)")
     ("attention", po::value(&c.attention)->default_value("braid"), "CUDA attention: braid (Braid's flash kernel) | cudnn")
+    ("comm", po::value(&c.comm)->default_value("auto"), "GPU collectives: nccl | mpi (staged through host memory) | auto (NCCL when every rank of a group has its own GPU)")
     ("threads", po::value(&c.threads)->default_value(0), "BLAS threads per rank (0 = cores / ranks on this node)")
     ("sample-tokens", po::value(&c.sample_tokens)->default_value(0), "after training, print this many sampled tokens")
     ("sample-prompt", po::value(&c.sample_prompt)->default_value(""), "prompt for that sample");
@@ -145,6 +146,7 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.model.seq_len >= 1, "--seq-len must be >= 1");
   BRAID_REQUIRE(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda (got '" << c.device << "')");
   BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");
+  BRAID_REQUIRE(c.comm == "auto" || c.comm == "mpi" || c.comm == "nccl", "--comm must be auto, mpi or nccl");
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {

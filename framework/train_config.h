@@ -42,7 +42,8 @@ struct TrainConfig {
   bool quiet = false;
   std::string device = "cpu";       // cpu | cuda
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
-  int local_device = 0;             // GPU of this rank (set by the entry point)  // no per-step console lines (metrics.jsonl is still written)
+  int local_device = 0;             // GPU of this rank (set by the entry point)
+  std::string comm = "auto";        // auto | mpi | nccl: data plane of GPU collectives  // no per-step console lines (metrics.jsonl is still written)
 
   int64_t global_batch(int dp) const { return int64_t(micro_batch) * grad_accum * dp; }
   nlohmann::json to_json() const;

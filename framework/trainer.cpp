@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "parallel/collective_check.h"
+#include "parallel/communicator_nccl.h"
 
 namespace fs = std::filesystem;
 
@@ -33,6 +34,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
     validate_schedule_spec(spec);
   });
   backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device, cfg_.attention == "cudnn") : make_cpu_backend();
+  if (cfg_.device == "cuda") use_nccl_where_possible();
   model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch, *backend_);
   model_->register_params(store_, false);
   int64_t bucket_elems = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
@@ -50,6 +52,32 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::use_nccl_where_possible() {
+  // The data-plane groups (TP, DP, tied embedding) move to NCCL when every member has its
+  // own GPU; the control groups (world, mp) and pipeline point-to-point stay on MPI.
+  std::vector<std::unique_ptr<Communicator>*> data_groups = {&groups_.tp, &groups_.dp};
+  if (groups_.embed) data_groups.push_back(&groups_.embed);
+  std::vector<bool> wrap(data_groups.size(), false);
+  run_collectively(*groups_.world, [&] {
+    std::string refused;
+    for (size_t i = 0; i < data_groups.size(); ++i) {
+      Communicator& g = **data_groups[i];
+      bool distinct = group_has_distinct_gpus(g, cfg_.local_device);  // collective in g
+      if (cfg_.comm == "nccl") {
+        if (!distinct) refused = g.name();
+        wrap[i] = distinct;
+      } else {
+        wrap[i] = cfg_.comm == "auto" && distinct && g.size() > 1;
+      }
+    }
+    BRAID_REQUIRE(refused.empty(), "--comm nccl: ranks of the " << refused << " group share a GPU, which NCCL "
+                                   "refuses; use --comm mpi (or auto) to run several ranks per GPU");
+  });
+  auto [compute, comm] = backend_->cuda_streams();
+  for (size_t i = 0; i < data_groups.size(); ++i)
+    if (wrap[i]) *data_groups[i] = make_nccl_communicator(std::move(*data_groups[i]), compute, comm);
+}
 
 void Trainer::init_or_resume() {
   std::string path;

@@ -50,6 +50,7 @@ class Trainer {
                   std::vector<std::vector<int32_t>>& tokens,
                   std::vector<std::vector<int32_t>>& targets);
   void on_param_final(int i);
+  void use_nccl_where_possible();
   void log_step(const StepResult& r, std::optional<double> val_loss);
 
   TrainConfig cfg_;

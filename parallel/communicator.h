@@ -49,6 +49,9 @@ class Communicator {
                                                   int peer, int tag) = 0;
   virtual void recv(void* buf, int64_t count, DType dtype, int peer, int tag) = 0;
   virtual void barrier() = 0;
+  // The MPI communicator of the same group: the control plane (host scalars, strings,
+  // MPI-IO) of every implementation.
+  virtual MPI_Comm control() const = 0;
 
   // Tensor conveniences.
   void all_reduce(Tensor& t, ReduceOp op = ReduceOp::Sum) {
@@ -81,6 +84,7 @@ class MpiCommunicator : public Communicator {
                                           int tag) override;
   void recv(void* buf, int64_t count, DType dtype, int peer, int tag) override;
   void barrier() override;
+  MPI_Comm control() const override { return comm_; }
 
  private:
   MPI_Comm comm_;

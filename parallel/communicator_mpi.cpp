@@ -193,11 +193,7 @@ void MpiCommunicator::recv(void* buf, int64_t count, DType dtype, int peer, int 
 
 void MpiCommunicator::barrier() { BRAID_CHECK_MPI(MPI_Barrier(comm_)); }
 
-MPI_Comm control_comm(Communicator& group) {
-  auto* m = dynamic_cast<MpiCommunicator*>(&group);
-  BRAID_CHECK(m != nullptr, "communicator " << group.name() << " has no MPI control plane");
-  return m->comm();
-}
+MPI_Comm control_comm(Communicator& group) { return group.control(); }
 
 void all_reduce_double(Communicator& group, double* x, int n) {
   if (group.size() == 1) return;

@@ -1,0 +1,166 @@
+#include "parallel/communicator_nccl.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ops/device_memory.h"
+#include "parallel/mpi_check.h"
+
+#ifdef BRAID_HAVE_CUDA
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#define BRAID_CHECK_NCCL(call)                                                           \
+  do {                                                                                   \
+    ncclResult_t braid_nccl_rc_ = (call);                                                \
+    if (braid_nccl_rc_ != ncclSuccess)                                                   \
+      ::braid::throw_error("NCCL", long(braid_nccl_rc_), #call, __FILE__, __LINE__,      \
+                           ncclGetErrorString(braid_nccl_rc_));                          \
+  } while (0)
+#define BRAID_CHECK_CUDART(call)                                                         \
+  do {                                                                                   \
+    cudaError_t braid_cu_rc_ = (call);                                                   \
+    if (braid_cu_rc_ != cudaSuccess)                                                     \
+      ::braid::throw_error("CUDA", long(braid_cu_rc_), #call, __FILE__, __LINE__,        \
+                           cudaGetErrorString(braid_cu_rc_));                            \
+  } while (0)
+#endif
+
+namespace braid {
+
+bool group_has_distinct_gpus(Communicator& group, int device_index) {
+  // (host name hash, device index) of every member, gathered over the control plane.
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  uint64_t h = 1469598103934665603ull;
+  for (const char* p = host; *p; ++p) h = (h ^ uint64_t(uint8_t(*p))) * 1099511628211ull;
+  int64_t mine[2] = {int64_t(h), device_index};
+  std::vector<int64_t> all(size_t(2 * group.size()));
+  BRAID_CHECK_MPI(MPI_Allgather(mine, 2, MPI_INT64_T, all.data(), 2, MPI_INT64_T, group.control()));
+  std::set<std::pair<int64_t, int64_t>> seen;
+  for (int i = 0; i < group.size(); ++i) seen.insert({all[2 * i], all[2 * i + 1]});
+  return int(seen.size()) == group.size();
+}
+
+#ifdef BRAID_HAVE_CUDA
+namespace {
+
+ncclDataType_t nccl_dtype(DType t) {
+  switch (t) {
+    case DType::F32: return ncclFloat32;
+    case DType::BF16: return ncclBfloat16;
+    case DType::I32: return ncclInt32;
+    case DType::U16: return ncclUint8;  // moved as bytes (count doubled by the caller)
+  }
+  return ncclFloat32;
+}
+
+class NoopRequest : public CommRequest {
+ public:
+  void wait() override {}  // ordered on the device by stream events
+};
+
+class NcclCommunicator : public Communicator {
+ public:
+  NcclCommunicator(std::unique_ptr<Communicator> mpi, cudaStream_t compute, cudaStream_t comm)
+      : mpi_(std::move(mpi)), compute_(compute), comm_stream_(comm), name_(mpi_->name() + "/nccl") {
+    ncclUniqueId id;
+    if (mpi_->rank() == 0) BRAID_CHECK_NCCL(ncclGetUniqueId(&id));
+    BRAID_CHECK_MPI(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, mpi_->control()));
+    BRAID_CHECK_MPI(MPI_Barrier(mpi_->control()));
+    BRAID_CHECK_NCCL(ncclCommInitRank(&comm_, mpi_->size(), id, mpi_->rank()));
+    BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+    BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming));
+  }
+  ~NcclCommunicator() override {
+    if (comm_) ncclCommDestroy(comm_);
+    if (compute_done_) cudaEventDestroy(compute_done_);
+    if (comm_done_) cudaEventDestroy(comm_done_);
+  }
+  int rank() const override { return mpi_->rank(); }
+  int size() const override { return mpi_->size(); }
+  const std::string& name() const override { return name_; }
+  MPI_Comm control() const override { return mpi_->control(); }
+
+  void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) override {
+    if (!is_device_pointer(buf)) return mpi_->all_reduce(buf, count, dtype, op);
+    before();
+    BRAID_CHECK_NCCL(ncclAllReduce(buf, buf, size_t(count), nccl_dtype(dtype),
+                                   op == ReduceOp::Sum ? ncclSum : ncclMax, comm_, comm_stream_));
+    after();
+  }
+  std::unique_ptr<CommRequest> all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) override {
+    if (!is_device_pointer(buf)) return mpi_->all_reduce_async(buf, count, dtype, op);
+    all_reduce(buf, count, dtype, op);  // asynchronous on the device already
+    return std::make_unique<NoopRequest>();
+  }
+  void all_gather(const void* send, void* recv, int64_t count, DType dtype) override {
+    if (!is_device_pointer(send) || !is_device_pointer(recv)) return mpi_->all_gather(send, recv, count, dtype);
+    before();
+    BRAID_CHECK_NCCL(ncclAllGather(send, recv, size_t(count) * mult(dtype), nccl_dtype(dtype), comm_, comm_stream_));
+    after();
+  }
+  void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) override {
+    if (!is_device_pointer(send) || !is_device_pointer(recv)) return mpi_->reduce_scatter(send, recv, count, dtype);
+    before();
+    BRAID_CHECK_NCCL(ncclReduceScatter(send, recv, size_t(count), nccl_dtype(dtype), ncclSum, comm_, comm_stream_));
+    after();
+  }
+  std::unique_ptr<CommRequest> reduce_scatter_async(const void* send, void* recv, int64_t count,
+                                                    DType dtype) override {
+    if (!is_device_pointer(send) || !is_device_pointer(recv)) return mpi_->reduce_scatter_async(send, recv, count, dtype);
+    reduce_scatter(send, recv, count, dtype);
+    return std::make_unique<NoopRequest>();
+  }
+  void broadcast(void* buf, int64_t count, DType dtype, int root) override {
+    if (!is_device_pointer(buf)) return mpi_->broadcast(buf, count, dtype, root);
+    before();
+    BRAID_CHECK_NCCL(ncclBroadcast(buf, buf, size_t(count) * mult(dtype), nccl_dtype(dtype), root, comm_, comm_stream_));
+    after();
+  }
+  std::unique_ptr<CommRequest> send_async(const void* buf, int64_t count, DType dtype, int peer, int tag) override {
+    return mpi_->send_async(buf, count, dtype, peer, tag);
+  }
+  void recv(void* buf, int64_t count, DType dtype, int peer, int tag) override {
+    mpi_->recv(buf, count, dtype, peer, tag);
+  }
+  void barrier() override { mpi_->barrier(); }
+
+ private:
+  static size_t mult(DType t) { return t == DType::U16 ? 2 : 1; }
+  // The collective reads what the compute stream (and, through the legacy default stream,
+  // any copy) produced, and later compute reads what it wrote: two event edges.
+  void before() {
+    BRAID_CHECK_CUDART(cudaEventRecord(compute_done_, compute_));
+    BRAID_CHECK_CUDART(cudaStreamWaitEvent(comm_stream_, compute_done_, 0));
+  }
+  void after() {
+    BRAID_CHECK_CUDART(cudaEventRecord(comm_done_, comm_stream_));
+    BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, comm_done_, 0));
+  }
+
+  std::unique_ptr<Communicator> mpi_;
+  cudaStream_t compute_, comm_stream_;
+  std::string name_;
+  ncclComm_t comm_ = nullptr;
+  cudaEvent_t compute_done_ = nullptr, comm_done_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> mpi, void* compute_stream,
+                                                     void* comm_stream) {
+  return std::make_unique<NcclCommunicator>(std::move(mpi), static_cast<cudaStream_t>(compute_stream),
+                                            static_cast<cudaStream_t>(comm_stream));
+}
+#else
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator>, void*, void*) {
+  throw InputError("--comm nccl: this build of Braid has no CUDA/NCCL backend");
+}
+#endif
+
+}  // namespace braid
