@@ -7,6 +7,7 @@ PipelineEngine::PipelineEngine(Gpt& model, ProcessGroups& groups, ScheduleSpec s
   validate_schedule_spec(spec_);
   auto all = make_schedule(spec_);
   actions_ = all.at(groups_.grid.pp_rank);
+  grouped_p2p_ = spec_.stages > 1 && groups_.pp->supports_grouped_p2p() && check_grouped_p2p(all, spec_, nullptr);
   int64_t max_tag = 2LL * spec_.stages * spec_.virtual_stages * spec_.microbatches;
   int* tag_ub = nullptr;
   int flag = 0;
@@ -33,9 +34,36 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
   std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
   std::vector<int> backwards_done(V, 0);
   double loss_sum = 0;
+  // Grouped mode: messages between two computes are issued as one NCCL group just before
+  // the next compute (or at the end); their tensors live until the step ends.
+  std::vector<Communicator::P2POp> group;
+  std::vector<Tensor> keep_alive;
+  auto flush = [&]() {
+    if (group.empty()) return;
+    pp.grouped_p2p(group);
+    group.clear();
+  };
   for (const Action& a : actions_) {
     const Key k{a.microbatch, a.chunk};
     const int g = global_chunk(stage, a.chunk, P);
+    if (grouped_p2p_) {
+      if (a.kind == ActionKind::Forward || a.kind == ActionKind::Backward) {
+        flush();
+      } else {
+        Tensor t;
+        if (a.kind == ActionKind::SendAct) t = acts.at(k).output;
+        if (a.kind == ActionKind::SendGrad) {
+          t = grad_out.at(k);
+          grad_out.erase(k);
+        }
+        if (a.kind == ActionKind::RecvAct) act_in[k] = t = new_activation();
+        if (a.kind == ActionKind::RecvGrad) grad_in[k] = t = new_activation();
+        bool send = a.kind == ActionKind::SendAct || a.kind == ActionKind::SendGrad;
+        group.push_back({send, t.raw(), t.numel(), t.dtype(), a.peer});
+        keep_alive.push_back(t);
+        continue;
+      }
+    }
     switch (a.kind) {
       case ActionKind::Forward: {
         ChunkActivations& ca = acts[k];
@@ -104,6 +132,7 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
     }
     poll();
   }
+  flush();
   for (auto& s : sends) s.first->wait();
   BRAID_CHECK(acts.empty(), "schedule left " << acts.size() << " microbatches without backward");
   return loss_sum;

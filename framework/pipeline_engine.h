@@ -42,6 +42,13 @@ class PipelineEngine {
   ScheduleSpec spec_;
   std::vector<Action> actions_;  // this stage's list
   int peak_live_ = 0;
+  // Point-to-point over NCCL groups: only when the PP communicator offers it and the
+  // schedule is proven to complete under grouped, stream-ordered semantics
+  // (check_grouped_p2p); otherwise MPI (non-blocking sends, tagged blocking receives).
+  bool grouped_p2p_ = false;
+
+ public:
+  bool uses_grouped_p2p() const { return grouped_p2p_; }
 };
 
 }  // namespace braid

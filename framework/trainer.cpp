@@ -54,9 +54,10 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
 Trainer::~Trainer() = default;
 
 void Trainer::use_nccl_where_possible() {
-  // The data-plane groups (TP, DP, tied embedding) move to NCCL when every member has its
-  // own GPU; the control groups (world, mp) and pipeline point-to-point stay on MPI.
-  std::vector<std::unique_ptr<Communicator>*> data_groups = {&groups_.tp, &groups_.dp};
+  // The data-plane groups (TP, DP, PP, tied embedding) move to NCCL when every member has
+  // its own GPU; the control groups (world, mp) stay on MPI. Pipeline messages use NCCL
+  // groups when the schedule allows it (PipelineEngine), else the MPI path.
+  std::vector<std::unique_ptr<Communicator>*> data_groups = {&groups_.tp, &groups_.dp, &groups_.pp};
   if (groups_.embed) data_groups.push_back(&groups_.embed);
   std::vector<bool> wrap(data_groups.size(), false);
   run_collectively(*groups_.world, [&] {
@@ -255,11 +256,12 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
 void Trainer::train(const std::function<bool()>& stop_requested) {
   if (groups_.grid.world_rank == 0) fs::create_directories(cfg_.out_dir);
   if (groups_.grid.world_rank == 0 && !cfg_.quiet) {
-    std::printf("%s\nlayout: world %d = dp %d x pp %d x tp %d | schedule %s%s%s | global batch %lld x %d tokens\n",
+    std::printf("%s\nlayout: world %d = dp %d x pp %d x tp %d | schedule %s%s%s%s | global batch %lld x %d tokens\n",
                 cfg_.model.describe().c_str(), groups_.grid.world_size, groups_.grid.dp,
                 groups_.grid.pp, groups_.grid.tp, cfg_.schedule.c_str(),
                 layout_.sequence_parallel ? " | sequence parallel" : "",
-                cfg_.zero ? " | ZeRO-1" : "", static_cast<long long>(cfg_.global_batch(groups_.grid.dp)),
+                cfg_.zero ? " | ZeRO-1" : "", engine_->uses_grouped_p2p() ? " | pipeline p2p over NCCL" : "",
+                static_cast<long long>(cfg_.global_batch(groups_.grid.dp)),
                 cfg_.model.seq_len);
     std::fflush(stdout);
   }

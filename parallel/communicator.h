@@ -49,6 +49,19 @@ class Communicator {
                                                   int peer, int tag) = 0;
   virtual void recv(void* buf, int64_t count, DType dtype, int peer, int tag) = 0;
   virtual void barrier() = 0;
+  // A group of point-to-point messages that progress together (NCCL group semantics);
+  // only implementations that return true from supports_grouped_p2p() provide it.
+  struct P2POp {
+    bool send;
+    void* buf;
+    int64_t count;
+    DType dtype;
+    int peer;
+  };
+  virtual bool supports_grouped_p2p() const { return false; }
+  virtual void grouped_p2p(const std::vector<P2POp>&) {
+    BRAID_CHECK(false, "communicator " << name() << " has no grouped point-to-point");
+  }
   // The MPI communicator of the same group: the control plane (host scalars, strings,
   // MPI-IO) of every implementation.
   virtual MPI_Comm control() const = 0;

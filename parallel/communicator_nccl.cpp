@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <exception>
 #include <set>
 #include <string>
 #include <vector>
@@ -77,7 +78,12 @@ class NcclCommunicator : public Communicator {
     BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming));
   }
   ~NcclCommunicator() override {
-    if (comm_) ncclCommDestroy(comm_);
+    // Unwinding from an error: peers may be gone or stuck, so abort (never blocks) instead
+    // of the collective destroy; the entry point then calls MPI_Abort.
+    if (comm_) {
+      if (std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
+      else ncclCommDestroy(comm_);
+    }
     if (compute_done_) cudaEventDestroy(compute_done_);
     if (comm_done_) cudaEventDestroy(comm_done_);
   }
@@ -129,6 +135,20 @@ class NcclCommunicator : public Communicator {
     mpi_->recv(buf, count, dtype, peer, tag);
   }
   void barrier() override { mpi_->barrier(); }
+  bool supports_grouped_p2p() const override { return true; }
+  void grouped_p2p(const std::vector<P2POp>& ops) override {
+    before();
+    BRAID_CHECK_NCCL(ncclGroupStart());
+    for (const P2POp& o : ops) {
+      BRAID_CHECK(is_device_pointer(o.buf), "NCCL point-to-point needs device buffers");
+      if (o.send)
+        BRAID_CHECK_NCCL(ncclSend(o.buf, size_t(o.count) * mult(o.dtype), nccl_dtype(o.dtype), o.peer, comm_, comm_stream_));
+      else
+        BRAID_CHECK_NCCL(ncclRecv(o.buf, size_t(o.count) * mult(o.dtype), nccl_dtype(o.dtype), o.peer, comm_, comm_stream_));
+    }
+    BRAID_CHECK_NCCL(ncclGroupEnd());
+    after();  // the compute stream waits for the received data (and the sends' reads)
+  }
 
  private:
   static size_t mult(DType t) { return t == DType::U16 ? 2 : 1; }

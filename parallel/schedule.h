@@ -119,3 +119,17 @@ ScheduleStats simulate_schedule(const std::vector<std::vector<Action>>& schedule
                                 const ScheduleSpec& spec, const ActionCosts& costs = {});
 
 }  // namespace braid
+
+namespace braid {
+
+// Grouped point-to-point semantics (NCCL): the engine issues each maximal run of
+// Send/Recv actions between two computes as one group on one stream; a group completes
+// when every one of its messages has met its partner, and a partner can only be met while
+// the peer's group holding it is the one the peer has posted (stream order). Returns true
+// when every stage's groups complete under these rules; otherwise false with `why` naming
+// the blocked stages. The MPI engine (non-blocking sends) needs less; this is the
+// condition for running the same schedule over NCCL.
+bool check_grouped_p2p(const std::vector<std::vector<Action>>& schedule, const ScheduleSpec& spec,
+                       std::string* why);
+
+}  // namespace braid

@@ -85,16 +85,18 @@ TEST(CudaTraining, NcclAcrossGpusMatchesOneGpu) {
                                                << world << " ranks)";
   auto data = test::make_token_dataset("cuda_nccl2", 96, 1 << 15, 4096);
   auto ref = test::run_on_ranks(config(data, test::temp_dir("cuda_nccl_ref"), "cuda"), 1);
-  for (int tp : {2, 1}) {
-    auto c = config(data, test::temp_dir("cuda_nccl_tp" + std::to_string(tp)), "cuda");
-    c.tp = tp;
-    c.grad_accum = tp == 2 ? 2 : 1;  // DP2 halves the microbatches: same global batch
+  for (const char* layout : {"tp2", "dp2", "pp2"}) {
+    auto c = config(data, test::temp_dir(std::string("cuda_nccl_") + layout), "cuda");
+    const std::string l = layout;
+    c.tp = l == "tp2" ? 2 : 1;
+    c.pp = l == "pp2" ? 2 : 1;  // 1F1B: pipeline messages in NCCL groups
+    c.grad_accum = l == "dp2" ? 1 : 2;  // DP2 halves the microbatches: same global batch
     c.comm = "nccl";
     c.local_device = rank % gpu_count();
     auto r = test::run_on_ranks(c, 2);
     ASSERT_EQ(r.losses.size(), ref.losses.size());
     for (size_t i = 0; i < r.losses.size(); ++i)  // bf16 rounding at other points: 1e-2
-      EXPECT_NEAR(r.losses[i], ref.losses[i], 1e-2 * ref.losses[i]) << "tp" << tp << " step " << i + 1;
+      EXPECT_NEAR(r.losses[i], ref.losses[i], 1e-2 * ref.losses[i]) << layout << " step " << i + 1;
   }
 }
 

@@ -62,6 +62,13 @@ TrainConfig base_config(const std::string& data, const std::string& out) {
   c.quiet = true;
   c.bucket_mb = 0.01;  // several buckets even for this tiny model: exercises overlap
   c.device = test_device();
+  if (c.device == "cuda" && gpu_count() > 0) {
+    // One GPU per node-local rank where there are several: groups whose members have
+    // distinct GPUs then run over NCCL (--comm auto), the others over the MPI data plane.
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    c.local_device = rank % gpu_count();
+  }
   return c;
 }
 
