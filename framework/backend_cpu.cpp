@@ -45,9 +45,8 @@ class CpuBackend final : public Backend {
   }
   void matmul_backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N,
                        int IC, int OC) override {
-    if (dinp) dinp->zero_();
     cpu::matmul_backward(dinp ? dinp->f32() : nullptr, g(w), bias >= 0 ? g(bias) : nullptr, dout.f32(),
-                         inp.f32(), v(w), N, IC, OC);
+                         inp.f32(), v(w), N, IC, OC, /*accumulate_dinp=*/false);
   }
   void bias_backward(const Tensor& dout, int bias, int64_t N, int C) override {
     float* db = g(bias);
@@ -68,8 +67,7 @@ class CpuBackend final : public Backend {
     cpu::gelu_forward(out.f32(), inp.f32(), inp.numel());
   }
   void gelu_backward(Tensor& dinp, const Tensor& inp, const Tensor& dout) override {
-    dinp.zero_();
-    cpu::gelu_backward(dinp.f32(), inp.f32(), dout.f32(), inp.numel());
+    cpu::gelu_backward(dinp.f32(), inp.f32(), dout.f32(), inp.numel(), /*accumulate=*/false);
   }
   void residual_forward(Tensor& out, const Tensor& a, const Tensor& b) override {
     cpu::residual_forward(out.f32(), a.f32(), b.f32(), a.numel());

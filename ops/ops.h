@@ -33,8 +33,9 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
 void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int64_t N,
                     int IC, int OC);
 // dinp += dout @ w ; dw += dout^T @ inp ; dbias += sum_n dout. Any of dinp/dw/dbias may be null.
+// With accumulate_dinp = false, dinp is overwritten instead (no zero-fill pass needed).
 void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
-                     const float* w, int64_t N, int IC, int OC);
+                     const float* w, int64_t N, int IC, int OC, bool accumulate_dinp = true);
 
 // Causal multi-head self-attention over qkv[B,T,3,NH,HS] (q, k, v groups, each NH*HS wide),
 // out[B,T,NH*HS]. att[B,NH,T,T] holds the softmax probabilities for the backward pass.
@@ -44,7 +45,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 
 // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 void gelu_forward(float* out, const float* inp, int64_t n);
-void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+// dinp += gelu'(inp) * dout, or dinp = ... with accumulate = false.
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, bool accumulate = true);
 
 // out = a + b; the backward is dout added to both inputs' gradients.
 void residual_forward(float* out, const float* a, const float* b, int64_t n);

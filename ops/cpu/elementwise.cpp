@@ -17,7 +17,7 @@ void gelu_forward(float* out, const float* inp, int64_t n) {
   }
 }
 
-void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, bool accumulate) {
   for (int64_t i = 0; i < n; ++i) {
     float x = inp[i];
     float cube = 0.044715f * x * x * x;
@@ -25,7 +25,7 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) 
     float th = std::tanh(arg);
     float sech2 = 1.0f - th * th;
     float grad = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
-    dinp[i] += grad * dout[i];
+    dinp[i] = accumulate ? dinp[i] + grad * dout[i] : grad * dout[i];
   }
 }
 

@@ -20,10 +20,10 @@ void matmul_forward(float* out, const float* inp, const float* w, const float* b
 }
 
 void matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
-                     const float* w, int64_t N, int IC, int OC) {
-  if (dinp)  // dinp[N,IC] += dout[N,OC] * w[OC,IC]
+                     const float* w, int64_t N, int IC, int OC, bool accumulate_dinp) {
+  if (dinp)  // dinp[N,IC] (+)= dout[N,OC] * w[OC,IC]
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), IC, OC, 1.0f, dout, OC, w, IC,
-                1.0f, dinp, IC);
+                accumulate_dinp ? 1.0f : 0.0f, dinp, IC);
   if (dw)  // dw[OC,IC] += dout[N,OC]^T * inp[N,IC]
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, int(N), 1.0f, dout, OC, inp, IC,
                 1.0f, dw, IC);
