@@ -7,7 +7,18 @@ PipelineEngine::PipelineEngine(Gpt& model, ProcessGroups& groups, ScheduleSpec s
   validate_schedule_spec(spec_);
   auto all = make_schedule(spec_);
   actions_ = all.at(groups_.grid.pp_rank);
-  grouped_p2p_ = spec_.stages > 1 && groups_.pp->supports_grouped_p2p() && check_grouped_p2p(all, spec_, nullptr);
+  if (spec_.stages > 1) {
+    // Channels for the training schedule; evaluation (run_forward) only uses activation
+    // channels stage s -> s + 1 (mod P), which training uses too.
+    std::vector<P2PChannel> channels = p2p_channels(all);
+    if (groups_.pp->has_ordered_channels()) {
+      std::string why;
+      BRAID_CHECK(check_channel_order(all, spec_, &why),
+                  to_string(spec_.kind) << " schedule sends and receives in different orders:" << why);
+    }
+    groups_.pp->open_p2p_channels(channels);
+    ordered_channels_ = groups_.pp->has_ordered_channels();
+  }
   int64_t max_tag = 2LL * spec_.stages * spec_.virtual_stages * spec_.microbatches;
   int* tag_ub = nullptr;
   int flag = 0;
@@ -34,36 +45,9 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
   std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
   std::vector<int> backwards_done(V, 0);
   double loss_sum = 0;
-  // Grouped mode: messages between two computes are issued as one NCCL group just before
-  // the next compute (or at the end); their tensors live until the step ends.
-  std::vector<Communicator::P2POp> group;
-  std::vector<Tensor> keep_alive;
-  auto flush = [&]() {
-    if (group.empty()) return;
-    pp.grouped_p2p(group);
-    group.clear();
-  };
   for (const Action& a : actions_) {
     const Key k{a.microbatch, a.chunk};
     const int g = global_chunk(stage, a.chunk, P);
-    if (grouped_p2p_) {
-      if (a.kind == ActionKind::Forward || a.kind == ActionKind::Backward) {
-        flush();
-      } else {
-        Tensor t;
-        if (a.kind == ActionKind::SendAct) t = acts.at(k).output;
-        if (a.kind == ActionKind::SendGrad) {
-          t = grad_out.at(k);
-          grad_out.erase(k);
-        }
-        if (a.kind == ActionKind::RecvAct) act_in[k] = t = new_activation();
-        if (a.kind == ActionKind::RecvGrad) grad_in[k] = t = new_activation();
-        bool send = a.kind == ActionKind::SendAct || a.kind == ActionKind::SendGrad;
-        group.push_back({send, t.raw(), t.numel(), t.dtype(), a.peer});
-        keep_alive.push_back(t);
-        continue;
-      }
-    }
     switch (a.kind) {
       case ActionKind::Forward: {
         ChunkActivations& ca = acts[k];
@@ -104,35 +88,30 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
         }
         break;
       }
-      case ActionKind::SendAct: {
-        const Tensor& out = acts.at(k).output;
-        sends.emplace_back(pp.send_async(out.raw(), out.numel(), out.dtype(), a.peer,
-                                         message_tag(a, stage, spec_)), out);
-        break;
-      }
-      case ActionKind::RecvAct: {
-        Tensor t = new_activation();
-        pp.recv(t.raw(), t.numel(), t.dtype(), a.peer, message_tag(a, stage, spec_));
-        act_in[k] = t;
-        break;
-      }
+      case ActionKind::SendAct:
       case ActionKind::SendGrad: {
-        Tensor t = grad_out.at(k);
-        grad_out.erase(k);
-        sends.emplace_back(pp.send_async(t.raw(), t.numel(), t.dtype(), a.peer,
-                                         message_tag(a, stage, spec_)), t);
+        Tensor t;
+        if (a.kind == ActionKind::SendAct) {
+          t = acts.at(k).output;
+        } else {
+          t = grad_out.at(k);
+          grad_out.erase(k);
+        }
+        // The tensor stays referenced until the send has completed (end of the step).
+        sends.emplace_back(pp.channel_send(p2p_channel(a, stage), t.raw(), t.numel(), t.dtype(),
+                                           message_tag(a, stage, spec_)), t);
         break;
       }
+      case ActionKind::RecvAct:
       case ActionKind::RecvGrad: {
         Tensor t = new_activation();
-        pp.recv(t.raw(), t.numel(), t.dtype(), a.peer, message_tag(a, stage, spec_));
-        grad_in[k] = t;
+        pp.channel_recv(p2p_channel(a, stage), t.raw(), t.numel(), t.dtype(), message_tag(a, stage, spec_));
+        (a.kind == ActionKind::RecvAct ? act_in : grad_in)[k] = t;
         break;
       }
     }
     poll();
   }
-  flush();
   for (auto& s : sends) s.first->wait();
   BRAID_CHECK(acts.empty(), "schedule left " << acts.size() << " microbatches without backward");
   return loss_sum;
@@ -166,15 +145,16 @@ double PipelineEngine::run_forward(const std::vector<std::vector<int32_t>>& toke
           in = new_activation();
           // Tags of the evaluation phase: any unique-per-message scheme works since the
           // training phase has drained all of its messages.
-          pp.recv(in.raw(), in.numel(), in.dtype(), (g - 1) % P, mb * G + g);
+          pp.channel_recv({(g - 1) % P, stage, PipeLane::Activation}, in.raw(), in.numel(), in.dtype(), mb * G + g);
         }
       }
       model_.forward(c, ca, g > 0 ? &in : nullptr, false, 0.f);
       if (ch.has_head) loss_sum += ca.loss_sum;
       if (g < G - 1) {
         if (P == 1) carry = ca.output;
-        else sends.emplace_back(pp.send_async(ca.output.raw(), ca.output.numel(), ca.output.dtype(),
-                                              (g + 1) % P, mb * G + g + 1), ca.output);
+        else sends.emplace_back(pp.channel_send({stage, (g + 1) % P, PipeLane::Activation}, ca.output.raw(),
+                                                ca.output.numel(), ca.output.dtype(), mb * G + g + 1),
+                                ca.output);
       }
     }
   }

@@ -1,7 +1,9 @@
 // Executes a pipeline schedule (parallel/schedule.h: a list of actions per stage) over the
 // model chunks of this rank: Forward/Backward run the chunk, Send/Recv move activations
-// [B, Ts, C] and their gradients between stages on the PP communicator with unique tags.
-// Sends are non-blocking and complete at the end of the step; receives block. Activations
+// [B, Ts, C] and their gradients between stages over the PP communicator's channels (one
+// per sender, receiver and lane; MPI matches by unique tags, NCCL by order on the channel).
+// Sends are non-blocking and complete at the end of the step; receives block (on the GPU:
+// the compute stream waits, the host goes on). Activations
 // of a (microbatch, chunk) live from its Forward to its Backward, so memory follows the
 // schedule (1F1B: at most PP microbatches in flight on the first stage).
 #pragma once
@@ -42,13 +44,11 @@ class PipelineEngine {
   ScheduleSpec spec_;
   std::vector<Action> actions_;  // this stage's list
   int peak_live_ = 0;
-  // Point-to-point over NCCL groups: only when the PP communicator offers it and the
-  // schedule is proven to complete under grouped, stream-ordered semantics
-  // (check_grouped_p2p); otherwise MPI (non-blocking sends, tagged blocking receives).
-  bool grouped_p2p_ = false;
+  // True when the PP communicator carries the channels on ordered links (NCCL).
+  bool ordered_channels_ = false;
 
  public:
-  bool uses_grouped_p2p() const { return grouped_p2p_; }
+  bool uses_ordered_channels() const { return ordered_channels_; }
 };
 
 }  // namespace braid

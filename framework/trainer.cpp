@@ -260,7 +260,7 @@ void Trainer::train(const std::function<bool()>& stop_requested) {
                 cfg_.model.describe().c_str(), groups_.grid.world_size, groups_.grid.dp,
                 groups_.grid.pp, groups_.grid.tp, cfg_.schedule.c_str(),
                 layout_.sequence_parallel ? " | sequence parallel" : "",
-                cfg_.zero ? " | ZeRO-1" : "", engine_->uses_grouped_p2p() ? " | pipeline p2p over NCCL" : "",
+                cfg_.zero ? " | ZeRO-1" : "", engine_->uses_ordered_channels() ? " | pipeline p2p over NCCL" : "",
                 static_cast<long long>(cfg_.global_batch(groups_.grid.dp)),
                 cfg_.model.seq_len);
     std::fflush(stdout);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ops/tensor.h"
+#include "parallel/p2p_channel.h"
 
 namespace braid {
 
@@ -49,18 +50,22 @@ class Communicator {
                                                   int peer, int tag) = 0;
   virtual void recv(void* buf, int64_t count, DType dtype, int peer, int tag) = 0;
   virtual void barrier() = 0;
-  // A group of point-to-point messages that progress together (NCCL group semantics);
-  // only implementations that return true from supports_grouped_p2p() provide it.
-  struct P2POp {
-    bool send;
-    void* buf;
-    int64_t count;
-    DType dtype;
-    int peer;
-  };
-  virtual bool supports_grouped_p2p() const { return false; }
-  virtual void grouped_p2p(const std::vector<P2POp>&) {
-    BRAID_CHECK(false, "communicator " << name() << " has no grouped point-to-point");
+  // Pipeline point-to-point over channels (parallel/p2p_channel.h). open_p2p_channels is
+  // collective over the group: every rank passes the same list, in the same order. Each
+  // message then names its channel; its tag matches it on MPI (which needs no channels),
+  // while an implementation with ordered links (NCCL) ignores the tag and matches messages
+  // by their order on the channel, which the schedule proves identical at both ends
+  // (check_channel_order). channel_send never blocks the caller's later compute; the
+  // request's wait() orders that compute after the send (the buffer may then be reused).
+  // channel_recv makes the caller's later compute see the data.
+  virtual void open_p2p_channels(const std::vector<P2PChannel>& channels) { (void)channels; }
+  virtual bool has_ordered_channels() const { return false; }
+  virtual std::unique_ptr<CommRequest> channel_send(const P2PChannel& ch, const void* buf, int64_t count,
+                                                    DType dtype, int tag) {
+    return send_async(buf, count, dtype, ch.to, tag);
+  }
+  virtual void channel_recv(const P2PChannel& ch, void* buf, int64_t count, DType dtype, int tag) {
+    recv(buf, count, dtype, ch.from, tag);
   }
   // The MPI communicator of the same group: the control plane (host scalars, strings,
   // MPI-IO) of every implementation.

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <exception>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -80,8 +81,17 @@ class NcclCommunicator : public Communicator {
   ~NcclCommunicator() override {
     // Unwinding from an error: peers may be gone or stuck, so abort (never blocks) instead
     // of the collective destroy; the entry point then calls MPI_Abort.
+    const bool unwinding = std::uncaught_exceptions() > 0;
+    for (auto& [key, c] : channels_) {
+      if (unwinding) ncclCommAbort(c.comm);
+      else ncclCommDestroy(c.comm);
+      cudaStreamDestroy(c.stream);
+      cudaEventDestroy(c.ready);
+      cudaEventDestroy(c.done);
+    }
+    if (scratch_) cudaFree(scratch_);
     if (comm_) {
-      if (std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
+      if (unwinding) ncclCommAbort(comm_);
       else ncclCommDestroy(comm_);
     }
     if (compute_done_) cudaEventDestroy(compute_done_);
@@ -135,19 +145,66 @@ class NcclCommunicator : public Communicator {
     mpi_->recv(buf, count, dtype, peer, tag);
   }
   void barrier() override { mpi_->barrier(); }
-  bool supports_grouped_p2p() const override { return true; }
-  void grouped_p2p(const std::vector<P2POp>& ops) override {
-    before();
-    BRAID_CHECK_NCCL(ncclGroupStart());
-    for (const P2POp& o : ops) {
-      BRAID_CHECK(is_device_pointer(o.buf), "NCCL point-to-point needs device buffers");
-      if (o.send)
-        BRAID_CHECK_NCCL(ncclSend(o.buf, size_t(o.count) * mult(o.dtype), nccl_dtype(o.dtype), o.peer, comm_, comm_stream_));
-      else
-        BRAID_CHECK_NCCL(ncclRecv(o.buf, size_t(o.count) * mult(o.dtype), nccl_dtype(o.dtype), o.peer, comm_, comm_stream_));
+  // Each channel is a two-rank NCCL communicator with its own stream: messages of one
+  // channel run in order, channels never wait for one another, and a send occupies only
+  // its channel's stream (the compute stream goes on), which is the non-blocking-send,
+  // blocking-receive model under which simulate_schedule proves the schedules
+  // deadlock-free. The streams do not synchronise with the legacy default stream, so a
+  // host copy elsewhere never waits for a send whose receiver is not there yet.
+  void open_p2p_channels(const std::vector<P2PChannel>& channels) override {
+    for (const P2PChannel& ch : channels) {
+      if (channels_.count(ch)) continue;  // every rank skips it alike (same list)
+      const bool member = ch.from == rank() || ch.to == rank();
+      MPI_Comm pair = MPI_COMM_NULL;
+      // Collective over the whole group, in list order: no two pairs wait on each other.
+      BRAID_CHECK_MPI(MPI_Comm_split(control(), member ? 0 : MPI_UNDEFINED, ch.from == rank() ? 0 : 1, &pair));
+      if (!member) continue;
+      Channel c;
+      ncclUniqueId id;
+      int pair_rank = 0;
+      MPI_Comm_rank(pair, &pair_rank);
+      if (pair_rank == 0) BRAID_CHECK_NCCL(ncclGetUniqueId(&id));
+      BRAID_CHECK_MPI(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, pair));
+      MPI_Comm_free(&pair);
+      BRAID_CHECK_NCCL(ncclCommInitRank(&c.comm, 2, id, pair_rank));
+      c.peer = 1 - pair_rank;
+      BRAID_CHECK_CUDART(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
+      BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&c.ready, cudaEventDisableTiming));
+      BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&c.done, cudaEventDisableTiming));
+      // Connect now, both ways, while both ranks are here: NCCL sets up a peer connection
+      // on its first message, with a host-side handshake that must not happen in the
+      // middle of a schedule (where the peer's host may be busy elsewhere).
+      if (!scratch_) BRAID_CHECK_CUDART(cudaMalloc(&scratch_, 2 * sizeof(float)));
+      float* sc = static_cast<float*>(scratch_);
+      BRAID_CHECK_NCCL(ncclGroupStart());
+      BRAID_CHECK_NCCL(ncclSend(sc, 1, ncclFloat32, c.peer, c.comm, c.stream));
+      BRAID_CHECK_NCCL(ncclRecv(sc + 1, 1, ncclFloat32, c.peer, c.comm, c.stream));
+      BRAID_CHECK_NCCL(ncclGroupEnd());
+      BRAID_CHECK_CUDART(cudaStreamSynchronize(c.stream));  // start-up only
+      channels_.emplace(ch, c);
     }
-    BRAID_CHECK_NCCL(ncclGroupEnd());
-    after();  // the compute stream waits for the received data (and the sends' reads)
+  }
+  bool has_ordered_channels() const override { return true; }
+  std::unique_ptr<CommRequest> channel_send(const P2PChannel& ch, const void* buf, int64_t count, DType dtype,
+                                            int tag) override {
+    auto it = channels_.find(ch);
+    if (it == channels_.end() || !is_device_pointer(buf)) return mpi_->send_async(buf, count, dtype, ch.to, tag);
+    Channel& c = it->second;
+    BRAID_CHECK_CUDART(cudaEventRecord(c.ready, compute_));  // the data is produced
+    BRAID_CHECK_CUDART(cudaStreamWaitEvent(c.stream, c.ready, 0));
+    BRAID_CHECK_NCCL(ncclSend(buf, size_t(count) * mult(dtype), nccl_dtype(dtype), c.peer, c.comm, c.stream));
+    return std::make_unique<ChannelRequest>(c, compute_);
+  }
+  void channel_recv(const P2PChannel& ch, void* buf, int64_t count, DType dtype, int tag) override {
+    auto it = channels_.find(ch);
+    if (it == channels_.end() || !is_device_pointer(buf)) return mpi_->recv(buf, count, dtype, ch.from, tag);
+    Channel& c = it->second;
+    // The buffer was just allocated in the compute stream's order: earlier users are done.
+    BRAID_CHECK_CUDART(cudaEventRecord(c.ready, compute_));
+    BRAID_CHECK_CUDART(cudaStreamWaitEvent(c.stream, c.ready, 0));
+    BRAID_CHECK_NCCL(ncclRecv(buf, size_t(count) * mult(dtype), nccl_dtype(dtype), c.peer, c.comm, c.stream));
+    BRAID_CHECK_CUDART(cudaEventRecord(c.done, c.stream));
+    BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, c.done, 0));
   }
 
  private:
@@ -168,6 +225,38 @@ class NcclCommunicator : public Communicator {
   std::string name_;
   ncclComm_t comm_ = nullptr;
   cudaEvent_t compute_done_ = nullptr, comm_done_ = nullptr;
+
+  struct Channel {
+    ncclComm_t comm = nullptr;
+    int peer = 0;  // the other rank of the two-rank communicator
+    cudaStream_t stream = nullptr;
+    cudaEvent_t ready = nullptr, done = nullptr;
+  };
+  // Completes a send in the compute stream's order: later compute (which may reuse the
+  // buffer) waits for everything issued on the channel so far.
+  class ChannelRequest : public CommRequest {
+   public:
+    ChannelRequest(Channel& c, cudaStream_t compute) : c_(c), compute_(compute) {}
+    ~ChannelRequest() override {
+      if (!waited_) wait_noexcept();
+    }
+    void wait() override {
+      waited_ = true;
+      BRAID_CHECK_CUDART(cudaEventRecord(c_.done, c_.stream));
+      BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, c_.done, 0));
+    }
+
+   private:
+    void wait_noexcept() noexcept {
+      cudaEventRecord(c_.done, c_.stream);
+      cudaStreamWaitEvent(compute_, c_.done, 0);
+    }
+    Channel& c_;
+    cudaStream_t compute_;
+    bool waited_ = false;
+  };
+  std::map<P2PChannel, Channel> channels_;
+  void* scratch_ = nullptr;
 };
 
 }  // namespace

@@ -1,13 +1,14 @@
 // NCCL communicator: collectives on device buffers run over NCCL on the rank's
 // communication stream, ordered after the compute stream's work by an event and before
 // the compute stream's later work by another (no host synchronisation). Host buffers,
-// point-to-point messages and the control plane go through the MPI communicator of the
-// same group, which it owns. NCCL is bootstrapped over MPI: rank 0 makes the unique id,
-// broadcasts it, all ranks meet at a barrier, then ncclCommInitRank.
+// tagged point-to-point messages and the control plane go through the MPI communicator of
+// the same group, which it owns. NCCL is bootstrapped over MPI: rank 0 makes the unique
+// id, broadcasts it, all ranks meet at a barrier, then ncclCommInitRank.
 //
-// Point-to-point stays on MPI (staged) for now: the pipeline engine's order (non-blocking
-// sends, blocking receives, matched by tag) does not map onto NCCL's in-order, stream-
-// blocking send/recv without grouping the schedule's pairs; see the issue notes.
+// Pipeline messages use channels (open_p2p_channels): one two-rank NCCL communicator and
+// one stream per (sender, receiver, lane), so that sends never hold up the sender's
+// compute and each channel's messages match in order. See the .cpp for why this keeps
+// every schedule deadlock-free.
 #pragma once
 #include <memory>
 

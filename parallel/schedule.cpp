@@ -476,82 +476,51 @@ ScheduleStats simulate_schedule(const std::vector<std::vector<Action>>& schedule
 
 namespace braid {
 
-bool check_grouped_p2p(const std::vector<std::vector<Action>>& schedule, const ScheduleSpec& spec,
-                       std::string* why) {
-  const int P = int(schedule.size());
-  auto is_comm = [](const Action& a) { return a.kind != ActionKind::Forward && a.kind != ActionKind::Backward; };
-  // Cut every stage's list into compute actions and groups (maximal runs of messages).
-  struct Group {
-    std::vector<int> ops;  // indices into the stage's list
-  };
-  std::vector<std::vector<Group>> groups(size_t(P), std::vector<Group>{});
-  for (int s = 0; s < P; ++s) {
-    const auto& list = schedule[size_t(s)];
-    for (size_t i = 0; i < list.size(); ++i) {
-      if (!is_comm(list[i])) continue;
-      if (i == 0 || !is_comm(list[i - 1])) groups[size_t(s)].push_back({});
-      groups[size_t(s)].back().ops.push_back(int(i));
-    }
+namespace {
+bool is_message(const Action& a) { return a.kind != ActionKind::Forward && a.kind != ActionKind::Backward; }
+bool is_send(const Action& a) { return a.kind == ActionKind::SendAct || a.kind == ActionKind::SendGrad; }
+P2PChannel channel_of(const Action& a, int stage) {
+  const PipeLane lane = (a.kind == ActionKind::SendAct || a.kind == ActionKind::RecvAct) ? PipeLane::Activation
+                                                                                          : PipeLane::Gradient;
+  return is_send(a) ? P2PChannel{stage, a.peer, lane} : P2PChannel{a.peer, stage, lane};
+}
+}  // namespace
+
+P2PChannel p2p_channel(const Action& action, int stage) {
+  BRAID_CHECK(is_message(action), "p2p_channel: " << to_string(action) << " is not a message");
+  return channel_of(action, stage);
+}
+
+std::vector<P2PChannel> p2p_channels(const std::vector<std::vector<Action>>& schedule) {
+  std::set<P2PChannel> all;
+  for (size_t s = 0; s < schedule.size(); ++s)
+    for (const Action& a : schedule[s])
+      if (is_message(a)) all.insert(channel_of(a, int(s)));
+  return {all.begin(), all.end()};
+}
+
+bool check_channel_order(const std::vector<std::vector<Action>>& schedule, const ScheduleSpec& spec,
+                         std::string* why) {
+  // Per channel, the tags in the sender's issue order and in the receiver's post order.
+  std::map<P2PChannel, std::vector<int>> sent, received;
+  for (size_t s = 0; s < schedule.size(); ++s)
+    for (const Action& a : schedule[s])
+      if (is_message(a))
+        (is_send(a) ? sent : received)[channel_of(a, int(s))].push_back(message_tag(a, int(s), spec));
+  std::ostringstream problems;
+  for (const P2PChannel& ch : p2p_channels(schedule)) {
+    const std::vector<int>& a = sent[ch];
+    const std::vector<int>& b = received[ch];
+    if (a == b) continue;
+    size_t i = 0;
+    while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+    problems << " channel " << ch.from << "->" << ch.to
+             << (ch.lane == PipeLane::Activation ? " (activations)" : " (gradients)") << ": message " << i
+             << " is tag " << (i < a.size() ? std::to_string(a[i]) : "none") << " at the sender, tag "
+             << (i < b.size() ? std::to_string(b[i]) : "none") << " at the receiver;";
   }
-  // A message is identified by (tag, sender, receiver); both halves must be posted at once.
-  auto key = [&](int s, const Action& a) {
-    bool send = a.kind == ActionKind::SendAct || a.kind == ActionKind::SendGrad;
-    int from = send ? s : a.peer, to = send ? a.peer : s;
-    return std::tuple<int, int, int>(message_tag(a, s, spec), from, to);
-  };
-  std::vector<size_t> head(size_t(P), 0);  // index of each stage's posted group
-  // NCCL runs a group's sends and receives to one peer in lockstep, so a group completes
-  // only together with the peers' groups that hold all of its partners: the posted groups
-  // that complete are the largest set in which every message has both halves posted.
-  // (Seen on 2 H200s: GPipe's [SendAct, RecvGrad] group against a peer that receives and
-  // sends in two different groups hangs.)
-  auto partner_stage = [](int s, const Action& a) { (void)s; return a.peer; };
-  bool progress = true;
-  while (progress) {
-    progress = false;
-    std::vector<bool> alive(size_t(P), false);
-    std::map<std::tuple<int, int, int>, int> posted_by;  // message -> sides posted (bitmask)
-    for (int s = 0; s < P; ++s) {
-      if (head[size_t(s)] >= groups[size_t(s)].size()) continue;
-      alive[size_t(s)] = true;
-      for (int i : groups[size_t(s)][head[size_t(s)]].ops) {
-        const Action& a = schedule[size_t(s)][size_t(i)];
-        bool send = a.kind == ActionKind::SendAct || a.kind == ActionKind::SendGrad;
-        posted_by[key(s, a)] |= send ? 1 : 2;
-      }
-    }
-    // Remove groups with an unmatched message, and groups whose partner group was removed,
-    // until nothing changes; what remains completes.
-    bool changed = true;
-    while (changed) {
-      changed = false;
-      for (int s = 0; s < P; ++s) {
-        if (!alive[size_t(s)]) continue;
-        for (int i : groups[size_t(s)][head[size_t(s)]].ops) {
-          const Action& a = schedule[size_t(s)][size_t(i)];
-          int q = partner_stage(s, a);
-          if (posted_by[key(s, a)] != 3 || !alive[size_t(q)]) {
-            alive[size_t(s)] = false;
-            changed = true;
-            break;
-          }
-        }
-      }
-    }
-    for (int s = 0; s < P; ++s)
-      if (alive[size_t(s)]) {
-        ++head[size_t(s)];
-        progress = true;
-      }
-  }
-  std::string blocked;
-  for (int s = 0; s < P; ++s)
-    if (head[size_t(s)] < groups[size_t(s)].size()) {
-      const Action& a = schedule[size_t(s)][size_t(groups[size_t(s)][head[size_t(s)]].ops.front())];
-      blocked += " stage " + std::to_string(s) + " at " + to_string(a) + ";";
-    }
-  if (why) *why = blocked;
-  return blocked.empty();
+  if (why) *why = problems.str();
+  return problems.str().empty();
 }
 
 }  // namespace braid

@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "parallel/p2p_channel.h"
+
 namespace braid {
 
 enum class ScheduleKind { GPipe, OneFOneB, Interleaved1F1B };
@@ -122,14 +124,20 @@ ScheduleStats simulate_schedule(const std::vector<std::vector<Action>>& schedule
 
 namespace braid {
 
-// Grouped point-to-point semantics (NCCL): the engine issues each maximal run of
-// Send/Recv actions between two computes as one group on one stream; a group completes
-// when every one of its messages has met its partner, and a partner can only be met while
-// the peer's group holding it is the one the peer has posted (stream order). Returns true
-// when every stage's groups complete under these rules; otherwise false with `why` naming
-// the blocked stages. The MPI engine (non-blocking sends) needs less; this is the
-// condition for running the same schedule over NCCL.
-bool check_grouped_p2p(const std::vector<std::vector<Action>>& schedule, const ScheduleSpec& spec,
-                       std::string* why);
+// Channels (parallel/p2p_channel.h): the messages of one lane from one stage to another.
+// The channel of a Send/Recv action found in stage `stage`'s list (BRAID_CHECK otherwise).
+P2PChannel p2p_channel(const Action& action, int stage);
+// Every channel the schedule uses, sorted (the same list on every stage).
+std::vector<P2PChannel> p2p_channels(const std::vector<std::vector<Action>>& schedule);
+
+// True when, on every channel, the receiver posts its receives in the order the sender
+// issues its sends (compared by message_tag); otherwise false with `why` naming the first
+// mismatch of each bad channel. This is what a transport that matches by order (NCCL)
+// needs on top of simulate_schedule's guarantee: with each channel on its own ordered
+// link and sends that never hold up the sender's compute, a schedule that completes with
+// non-blocking sends and blocking receives completes there too (each receive's message is
+// the next one on its link, issued by a sender that the MPI-model run shows gets there).
+bool check_channel_order(const std::vector<std::vector<Action>>& schedule, const ScheduleSpec& spec,
+                         std::string* why);
 
 }  // namespace braid

@@ -453,49 +453,52 @@ TEST(ScheduleStats, BubbleNumbersForTheReport) {
 
 namespace braid {
 namespace {
-// The condition for running a schedule over NCCL, whose grouped send/recv run in lockstep
-// per peer: 1F1B with at least as many microbatches as stages pairs every group with its
-// peers' groups (its steady state sends forward and receives backward together on both
-// sides). GPipe and short 1F1B do not, nor do some interleaved shapes: for those the
-// engine keeps point-to-point on MPI (GPipe over NCCL groups was seen to hang on 2 H200s).
-// The counts are printed so that a future reordering of the schedules shows up here.
-TEST(Schedule, GroupedPointToPointCompletesFor1F1B) {
-  int checked = 0, interleaved_ok = 0, interleaved_total = 0;
+// What NCCL needs on top of the simulation: on every channel (sender, receiver, lane) the
+// receiver posts its receives in the sender's order. Every schedule made here has it, and
+// uses exactly the channels its chunk layout implies: with V == 1 activations go s -> s+1
+// and gradients s+1 -> s (2 (P - 1) channels); with V > 1 the last stage also feeds the
+// first stage's next chunk, so both lanes wrap around (2 P channels).
+TEST(Schedule, ChannelOrderHoldsForEverySchedule) {
+  int checked = 0;
   for (ScheduleKind kind : {ScheduleKind::GPipe, ScheduleKind::OneFOneB, ScheduleKind::Interleaved1F1B})
     for (int p : {1, 2, 3, 4, 8})
       for (int m = 1; m <= 16; ++m)
-        for (int v : {1, 2, 3}) {
+        for (int v : {1, 2, 3, 4}) {
           ScheduleSpec spec{kind, p, m, v};
           if ((kind == ScheduleKind::Interleaved1F1B) != (v > 1)) continue;
           if (kind == ScheduleKind::Interleaved1F1B && m % p != 0) continue;
+          const auto sched = make_schedule(spec);
           std::string why;
-          bool ok = check_grouped_p2p(make_schedule(spec), spec, &why);
-          if (kind == ScheduleKind::Interleaved1F1B) {
-            ++interleaved_total;
-            interleaved_ok += ok;
-          } else if (kind == ScheduleKind::OneFOneB && m >= p) {
-            EXPECT_TRUE(ok) << to_string(kind) << " p" << p << " m" << m << ":" << why;
-          } else if (kind == ScheduleKind::GPipe && p > 1) {
-            EXPECT_FALSE(ok) << "GPipe p" << p << " m" << m << " unexpectedly pairs its groups";
+          EXPECT_TRUE(check_channel_order(sched, spec, &why)) << describe(spec) << ":" << why;
+          const auto channels = p2p_channels(sched);
+          const size_t expected = p == 1 ? 0 : (v == 1 ? 2 * size_t(p - 1) : 2 * size_t(p));
+          EXPECT_EQ(channels.size(), expected) << describe(spec);
+          for (const P2PChannel& ch : channels) {
+            const int forward_peer = (ch.from + 1) % p;  // activations flow to the next stage
+            if (ch.lane == PipeLane::Activation) EXPECT_EQ(ch.to, forward_peer) << describe(spec);
+            else EXPECT_EQ(ch.from, (ch.to + 1) % p) << describe(spec);
           }
           ++checked;
         }
-  EXPECT_GT(checked, 100);
-  std::printf("interleaved schedules safe under grouped NCCL semantics: %d of %d\n", interleaved_ok,
-              interleaved_total);
+  EXPECT_GT(checked, 150);
 }
 
-// The check can fail: two stages that each send first in separate groups and receive
-// later deadlock under stream-ordered, blocking NCCL semantics.
-TEST(Schedule, GroupedPointToPointDetectsACrossedOrder) {
-  ScheduleSpec spec{ScheduleKind::OneFOneB, 2, 2, 1};
-  std::vector<std::vector<Action>> s(2);
-  // stage 0: RecvGrad(mb1) | Forward | SendAct(mb0)   stage 1: RecvAct(mb0) | Forward | SendGrad(mb1)
-  s[0] = {{ActionKind::RecvGrad, 1, 0, 1}, {ActionKind::Forward, 0, 0, -1}, {ActionKind::SendAct, 0, 0, 1}};
-  s[1] = {{ActionKind::RecvAct, 0, 0, 0}, {ActionKind::Forward, 0, 0, -1}, {ActionKind::SendGrad, 1, 0, 0}};
+// The check can fail: a receiver that takes two activations in the opposite order from
+// the sender would, on an ordered link, put microbatch 1's activation into microbatch 0.
+TEST(Schedule, ChannelOrderDetectsSwappedReceives) {
+  ScheduleSpec spec{ScheduleKind::GPipe, 2, 2, 1};
+  auto s = make_schedule(spec);
   std::string why;
-  EXPECT_FALSE(check_grouped_p2p(s, spec, &why));
-  EXPECT_NE(why.find("stage 0"), std::string::npos) << why;
+  ASSERT_TRUE(check_channel_order(s, spec, &why)) << why;
+  // Stage 1's list starts RecvAct(0) Forward(0) RecvAct(1) Forward(1): swap the receives'
+  // microbatches, which keeps the simulation valid but breaks the order on 0 -> 1.
+  auto& l = s[1];
+  ASSERT_EQ(l[0].kind, ActionKind::RecvAct);
+  ASSERT_EQ(l[2].kind, ActionKind::RecvAct);
+  std::swap(l[0].microbatch, l[2].microbatch);
+  std::swap(l[1].microbatch, l[3].microbatch);
+  EXPECT_FALSE(check_channel_order(s, spec, &why));
+  EXPECT_NE(why.find("channel 0->1 (activations)"), std::string::npos) << why;
 }
 }  // namespace
 }  // namespace braid
