@@ -55,8 +55,8 @@ Trainer::~Trainer() = default;
 
 void Trainer::use_nccl_where_possible() {
   // The data-plane groups (TP, DP, PP, tied embedding) move to NCCL when every member has
-  // its own GPU; the control groups (world, mp) stay on MPI. Pipeline messages use NCCL
-  // groups when the schedule allows it (PipelineEngine), else the MPI path.
+  // its own GPU; the control groups (world, mp) stay on MPI. Pipeline messages then go
+  // over NCCL channels (PipelineEngine), for every schedule.
   std::vector<std::unique_ptr<Communicator>*> data_groups = {&groups_.tp, &groups_.dp, &groups_.pp};
   if (groups_.embed) data_groups.push_back(&groups_.embed);
   std::vector<bool> wrap(data_groups.size(), false);

@@ -56,6 +56,9 @@ inline std::string temp_dir(const std::string& name) {
 struct RunResult {
   std::vector<double> losses;
   std::string checkpoint;  // last checkpoint directory
+  // Rank 0's data-plane groups of more than one rank, by name after the trainer chose
+  // their transport ("pp/nccl" when NCCL carries them), space-separated.
+  std::string data_plane;
 };
 
 // Runs `cfg` on the first `ranks` ranks of the world (the others skip); returns on every
@@ -75,6 +78,8 @@ inline RunResult run_on_ranks(const TrainConfig& cfg, int ranks) {
       t.train();
       r.losses = t.losses();
       r.checkpoint = find_latest_checkpoint(cfg.out_dir);
+      for (auto* g : {&groups.tp, &groups.pp, &groups.dp})
+        if ((*g)->size() > 1) r.data_plane += (*g)->name() + " ";
     } catch (const std::exception& e) {
       err = e.what();
     }
@@ -93,6 +98,10 @@ inline RunResult run_on_ranks(const TrainConfig& cfg, int ranks) {
   MPI_Bcast(&clen, 1, MPI_INT, 0, MPI_COMM_WORLD);
   r.checkpoint.resize(size_t(clen));
   MPI_Bcast(r.checkpoint.data(), clen, MPI_CHAR, 0, MPI_COMM_WORLD);
+  int dlen = int(r.data_plane.size());
+  MPI_Bcast(&dlen, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  r.data_plane.resize(size_t(dlen));
+  MPI_Bcast(r.data_plane.data(), dlen, MPI_CHAR, 0, MPI_COMM_WORLD);
   if (!err.empty()) throw std::runtime_error(err);
   return r;
 }

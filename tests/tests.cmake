@@ -17,5 +17,10 @@ braid_test(test_cuda_training 300 cuda)
 add_test(NAME test_layouts_cuda_np8 COMMAND ${BRAID_MPIEXEC} -n 8 $<TARGET_FILE:test_layouts>)
 set_tests_properties(test_layouts_cuda_np8 PROPERTIES TIMEOUT 900 LABELS "mpi;cuda"
                      ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda")
+# One process per GPU (skips with fewer GPUs than ranks): every data-plane group over NCCL,
+# 10 steps per layout.
+add_test(NAME test_layouts_cuda_nccl_np2 COMMAND ${BRAID_MPIEXEC} -n 2 $<TARGET_FILE:test_layouts>)
+set_tests_properties(test_layouts_cuda_nccl_np2 PROPERTIES TIMEOUT 600 LABELS "mpi;cuda"
+                     ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda;BRAID_TEST_NCCL=1")
 braid_mpi_test(test_rank_grid 8 120)
 braid_mpi_test(test_cuda_training 2 300 cuda)

@@ -21,6 +21,12 @@ std::string test_device() {
   const char* d = std::getenv("BRAID_TEST_DEVICE");
   return d ? d : "cpu";
 }
+// BRAID_TEST_NCCL=1: one process per GPU, every data-plane group must run over NCCL (the
+// test skips when there are fewer GPUs than ranks). Training runs 10 steps then, not 5.
+bool require_nccl() {
+  const char* d = std::getenv("BRAID_TEST_NCCL");
+  return d && std::string(d) == "1";
+}
 
 struct Layout {
   int tp = 1, pp = 1, dp = 1, vs = 1;
@@ -53,7 +59,7 @@ TrainConfig base_config(const std::string& data, const std::string& out) {
   c.model.n_embd = 32;
   c.model.seq_len = 16;
   c.model.vocab_size = 96;
-  c.steps = 5;
+  c.steps = require_nccl() ? 10 : 5;
   c.micro_batch = 1;
   c.lr = 3e-3f;
   c.seed = 1234;
@@ -116,8 +122,14 @@ std::vector<Layout> all_layouts() {
 
 class LayoutEquivalence : public ::testing::Test {
  protected:
+  static bool skip() {
+    int world = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    if (test_device() == "cuda" && gpu_count() == 0) return true;
+    return require_nccl() && (test_device() != "cuda" || gpu_count() < world);
+  }
   static void SetUpTestSuite() {
-    if (test_device() == "cuda" && gpu_count() == 0) return;
+    if (skip()) return;
     data_ = test::make_token_dataset("layouts", 96, 4096, 1024);
     Layout ref;
     ref_ = test::run_on_ranks(layout_config(ref, data_, test::temp_dir("layout_ref")), 1);
@@ -134,7 +146,9 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  ASSERT_EQ(ref_.losses.size(), 5u);
+  if (skip()) GTEST_SKIP() << "BRAID_TEST_NCCL=1 needs BRAID_TEST_DEVICE=cuda and a GPU per rank (" << world
+                           << " ranks, " << gpu_count() << " GPUs)";
+  ASSERT_EQ(ref_.losses.size(), size_t(base_config("", "").steps));
   // The reference must actually train, or equal losses would prove little.
   EXPECT_LT(ref_.losses.back(), ref_.losses.front() - 0.05);
   const auto names = full_param_list(base_config("", "").model);
@@ -144,6 +158,13 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
     ++ran;
     auto r = test::run_on_ranks(layout_config(l, data_, test::temp_dir("layout_" + l.name())), l.world());
     ASSERT_EQ(r.losses.size(), ref_.losses.size()) << l.name();
+    if (require_nccl())  // every multi-rank data-plane group ran over NCCL
+      for (const char* g : {"tp", "pp", "dp"}) {
+        const std::string want = std::string(g) + "/nccl";
+        const bool used = (std::string(g) == "tp" && l.tp > 1) || (std::string(g) == "pp" && l.pp > 1) ||
+                          (std::string(g) == "dp" && l.dp > 1);
+        if (used) EXPECT_NE(r.data_plane.find(want), std::string::npos) << l.name() << ": " << r.data_plane;
+      }
     double max_rel = 0;
     for (size_t i = 0; i < r.losses.size(); ++i)
       max_rel = std::max(max_rel, std::abs(r.losses[i] - ref_.losses[i]) / std::abs(ref_.losses[i]));
@@ -182,8 +203,8 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
       // 2.9e-3 worst, TP4+SP). The loss check above is the sharp one on the GPU.
       EXPECT_LE(max_abs, gpu ? 3e-2 : 5e-5) << l.name() << " worst tensor " << worst;
       if (gpu) EXPECT_LE(worst_rms, 6e-3) << l.name();
-      std::printf("layout %-40s max rel loss diff %.3g  max abs param diff %.3g  worst rms %.3g\n",
-                  l.name().c_str(), max_rel, max_abs, worst_rms);
+      std::printf("layout %-40s max rel loss diff %.3g  max abs param diff %.3g  worst rms %.3g  [%s]\n",
+                  l.name().c_str(), max_rel, max_abs, worst_rms, r.data_plane.c_str());
     }
   }
   EXPECT_GT(ran, 1) << "no parallel layout fits a world of " << world;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue table, one GPU: Braid (braid-bench, both attention kernels) beside PyTorch eager and
+# torch.compile (bench/torch_reference.py), GPT-2 124M/350M (B=16) and 1.5B (B=8), T=1024,
+# measured in one run on the same GPU. Writes RESULTS (JSON lines) and prints a Markdown table.
+#   bench/run_speed_table.sh BIN_DIR OUT_DIR [STEPS]
+set -uo pipefail
+BIN=${1:?bin dir with braid-bench}
+OUTD=${2:?output dir}
+STEPS=${3:-20}
+mkdir -p "$OUTD"
+RES=$OUTD/speed.jsonl
+: > "$RES"
+HERE=$(cd "$(dirname "$0")" && pwd)
+for row in "gpt2-124m 16" "gpt2-350m 16" "gpt2-1.5b 8"; do
+  set -- $row
+  preset=$1 b=$2
+  for att in cudnn braid; do
+    timeout 300 "$BIN/braid-bench" --preset "$preset" --device cuda --attention $att --micro-batch "$b" \
+      --grad-accum 1 --bench-steps "$STEPS" --label "$preset" --json "$RES" 2>&1 | tee -a "$OUTD/speed.log" | grep -E "^braid-bench|error"
+  done
+  timeout 300 python3 "$HERE/torch_reference.py" --preset "$preset" --batch "$b" --steps "$STEPS" --json "$RES" 2>&1 |
+    tee -a "$OUTD/speed.log" | grep -E "^torch-reference|Error"
+  timeout 400 python3 "$HERE/torch_reference.py" --preset "$preset" --batch "$b" --steps "$STEPS" --compile --json "$RES" 2>&1 |
+    tee -a "$OUTD/speed.log" | grep -E "^torch-reference|Error"
+done
+python3 - "$RES" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| model | B | run | tok/s | ms/step | MFU | HFU | peak memory GiB |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    name = r["layout"] if "torch" in r["layout"] else "Braid, %s attention" % r.get("attention", "?")
+    print("| %s | %d | %s | %.0f | %.1f | %.1f%% | %.1f%% | %.1f |" % (r["label"], r["micro_batch"], name, r["tokens_per_s"],
+          r["ms_median"], 100 * r["mfu"], 100 * r["hfu"], r["peak_allocator_gib"]))
+PY
