@@ -256,7 +256,7 @@ std::string format_train_plan(const TrainPlan& p) {
     os << ", bubble " << std::fixed << std::setprecision(1) << 100 * p.bubble_fraction << "% of the step"
        << (p.grouped_p2p ? ", messages as NCCL groups" : "");
   os << "\n  options   " << (c.zero ? "ZeRO-1" : "ZeRO off") << " | sequence parallel "
-     << (c.sequence_parallel && c.tp > 1 ? "on" : "off") << " | buckets " << std::defaultfloat << c.bucket_mb << " MiB | device "
+     << (c.sequence_parallel && c.tp > 1 ? "on" : "off") << " | buckets " << std::defaultfloat << std::setprecision(6) << c.bucket_mb << " MiB | device "
      << c.device << (c.device == "cuda" ? " (bf16 activations, fp32 master weights and AdamW)" : " (fp32)")
      << "\n\nchecks\n";
   for (const PlanCheck& ck : p.checks)
