@@ -227,7 +227,7 @@ TrainPlan make_train_plan(const TrainConfig& cfg, int world_size) {
                                       "or no GPU is visible); the memory plan is still for GPUs");
     });
 
-  if (layout_ok && schedule_ok) {
+  if (layout_ok && schedule_ok && c.micro_batch >= 1) {  // (a bad --micro-batch fails "options")
     check("memory plan", [&] {
       const ScheduleSpec spec = schedule_spec(c);
       p.bubble_fraction = simulate_schedule(make_schedule(spec), spec).bubble_fraction;
@@ -262,7 +262,7 @@ std::string format_train_plan(const TrainPlan& p) {
   for (const PlanCheck& ck : p.checks)
     os << "  " << (ck.ok() ? "ok    " : "FAIL  ") << ck.name << (ck.ok() ? "" : ": " + ck.problem) << "\n";
   if (p.ranks.empty()) {
-    os << "\nno memory plan: the layout or schedule above is invalid\n";
+    os << "\nno memory plan: the layout, schedule or micro-batch above is invalid\n";
     return os.str();
   }
   os << "\nmemory per rank (each row: ranks holding the same bytes)\n";

@@ -16,6 +16,7 @@
 // Checks run the real validation functions, grouped by concern so that each concern can
 // fail independently; all failures are reported together (the first per concern).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -60,6 +61,8 @@ struct TrainPlan {
   bool ok() const;
 };
 
+// Both need MPI initialised (the model is built over a communicator of MPI_COMM_SELF that
+// registering parameters never uses).
 // The plan of `cfg` on cfg.dp data-parallel replicas (cfg.dp <= 0: as many as
 // world_size / (tp * pp) gives, at least 1). Never throws InputError: problems are checks.
 TrainPlan make_train_plan(const TrainConfig& cfg, int world_size);
