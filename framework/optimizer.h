@@ -29,6 +29,8 @@ class Optimizer {
   void step(float lr, const AdamWConfig& cfg);
 
   int64_t steps_taken() const { return t_; }
+  // Bytes of the moments held in host memory (the CPU path; 0 when they live on the GPU).
+  int64_t host_state_bytes() const { return int64_t(m_.size() + v_.size()) * int64_t(sizeof(float)); }
   void set_steps_taken(int64_t t) { t_ = t; }
   // Checkpoint support: moments in flat (store) coordinates, complete on every replica.
   void gather_moments(std::vector<float>& m_flat, std::vector<float>& v_flat);

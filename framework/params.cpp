@@ -32,7 +32,20 @@ int ParamStore::add(ParamSpec spec) {
 }
 
 void ParamStore::finalize(int64_t bucket_elems, int dp_size, Device device) {
+  const int64_t offset = assign_buckets(bucket_elems, dp_size);
+  values_ = Tensor({std::max<int64_t>(offset, 1)}, DType::F32, device);
+  grads_ = Tensor({std::max<int64_t>(offset, 1)}, DType::F32, device);
+  for (Param& p : params_) {
+    Shape s = p.spec.local_shape();
+    p.value = values_.view(p.flat_offset, s);
+    p.grad = grads_.view(p.flat_offset, s);
+  }
+}
+
+int64_t ParamStore::assign_buckets(int64_t bucket_elems, int dp_size) {
+  BRAID_CHECK(!values_.defined(), "ParamStore::assign_buckets after finalize");
   // Buckets in reverse registration order; params flagged own_bucket sit alone.
+  buckets_.clear();
   bucket_of_.assign(params_.size(), -1);
   int64_t offset = 0;
   Bucket cur;
@@ -56,13 +69,7 @@ void ParamStore::finalize(int64_t bucket_elems, int dp_size, Device device) {
     if (p.spec.own_bucket || cur.size >= bucket_elems) close();
   }
   close();
-  values_ = Tensor({std::max<int64_t>(offset, 1)}, DType::F32, device);
-  grads_ = Tensor({std::max<int64_t>(offset, 1)}, DType::F32, device);
-  for (Param& p : params_) {
-    Shape s = p.spec.local_shape();
-    p.value = values_.view(p.flat_offset, s);
-    p.grad = grads_.view(p.flat_offset, s);
-  }
+  return offset;
 }
 
 Tensor ParamStore::host_values() {

@@ -54,6 +54,10 @@ class ParamStore {
  public:
   int add(ParamSpec spec);  // returns the index; call finalize() after the last add
   void finalize(int64_t bucket_elems, int dp_size, Device device = Device::CPU);
+  // The first half of finalize without allocating: places every parameter in the buckets
+  // and the flat buffers (flat_offset) and returns the flat size in elements. The memory
+  // plan (framework/plan.h) sizes a rank with it.
+  int64_t assign_buckets(int64_t bucket_elems, int dp_size);
   Device device() const { return values_.device(); }
   // Host copies of the flat values (a view of them on CPU) and the way back.
   Tensor host_values();

@@ -82,7 +82,10 @@ po::options_description train_options(TrainConfig& c) {
     ("comm", po::value(&c.comm)->default_value("auto"), "GPU collectives: nccl | mpi (staged through host memory) | auto (NCCL when every rank of a group has its own GPU)")
     ("threads", po::value(&c.threads)->default_value(0), "BLAS threads per rank (0 = cores / ranks on this node)")
     ("sample-tokens", po::value(&c.sample_tokens)->default_value(0), "after training, print this many sampled tokens")
-    ("sample-prompt", po::value(&c.sample_prompt)->default_value(""), "prompt for that sample");
+    ("sample-prompt", po::value(&c.sample_prompt)->default_value(""), "prompt for that sample")
+    ("plan", po::bool_switch(&c.plan), "print each rank's parameter, gradient, optimizer and peak activation memory and every failing check for this config and layout, without allocating or training, and exit (2 if a check fails)")
+    ("plan-json", po::value(&c.plan_json)->default_value(""), "with --plan (implied): also write the plan as JSON to this file")
+    ("dp", po::value(&c.dp)->default_value(0), "data-parallel size: 0 = world / (tp*pp); with --plan it sets the planned world tp*pp*dp");
   // clang-format on
   return d;
 }
@@ -116,6 +119,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
     throw InputError(std::string(e.what()) + " (see braid-train --help)");
   }
   cfg.pp_layers = parse_int_list(vm["pp-layers"].as<std::string>(), "--pp-layers");
+  if (!cfg.plan_json.empty()) cfg.plan = true;
   return true;
 }
 
@@ -143,6 +147,9 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(world_size % (c.tp * c.pp) == 0,
                 "the world of " << world_size << " ranks is not divisible by --tp " << c.tp
                                 << " x --pp " << c.pp << "; launch a multiple of " << c.tp * c.pp << " ranks");
+  BRAID_REQUIRE(c.dp >= 0 && (c.dp == 0 || world_size == c.tp * c.pp * c.dp),
+                "--dp " << c.dp << " but the world of " << world_size << " ranks with --tp " << c.tp << " x --pp "
+                        << c.pp << " gives dp " << world_size / (c.tp * c.pp));
   BRAID_REQUIRE(c.model.seq_len >= 1, "--seq-len must be >= 1");
   BRAID_REQUIRE(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda (got '" << c.device << "')");
   BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");

@@ -45,6 +45,11 @@ struct TrainConfig {
   int local_device = 0;             // GPU of this rank (set by the entry point)
   std::string comm = "auto";        // auto | mpi | nccl: data plane of GPU collectives  // no per-step console lines (metrics.jsonl is still written)
 
+  // memory and layout plan (framework/plan.h): print it and exit, nothing allocated
+  bool plan = false;
+  std::string plan_json;  // also write it as JSON (implies plan)
+  int dp = 0;             // data-parallel size: 0 = what the world gives; a plan's world is tp*pp*dp
+
   int64_t global_batch(int dp) const { return int64_t(micro_batch) * grad_accum * dp; }
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& j);

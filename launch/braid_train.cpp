@@ -3,6 +3,7 @@
 // See --help for every option; --config FILE reads the same options from an INI file.
 #include <cstdio>
 
+#include "framework/plan.h"
 #include "framework/trainer.h"
 #include "launch/lib/entry.h"
 #include "parallel/collective_check.h"
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
       go = parse_train_config(ac, av, cfg);
     }
     if (!go) return 0;
+    if (cfg.plan) return run_train_plan(cfg, world_size);  // nothing allocated, no training
     validate_train_config(cfg, world_size);
     ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.tp, cfg.pp);
     configure_rank(groups.grid, cfg.threads);

@@ -1,5 +1,6 @@
 #include "ops/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -71,7 +72,18 @@ HostCache& host_cache() {
   return *c;
 }
 size_t host_rounded(size_t bytes) { return bytes == 0 ? 64 : (bytes + 63) / 64 * 64; }
+
+std::atomic<int64_t> g_host_live_bytes{0}, g_host_peak_bytes{0};
+void count_host_alloc(size_t bytes) {
+  int64_t live = g_host_live_bytes.fetch_add(int64_t(bytes)) + int64_t(bytes);
+  int64_t peak = g_host_peak_bytes.load();
+  while (live > peak && !g_host_peak_bytes.compare_exchange_weak(peak, live)) {
+  }
+}
 }  // namespace
+
+HostMemoryStats host_memory_stats() { return {g_host_live_bytes.load(), g_host_peak_bytes.load()}; }
+void reset_host_memory_peak() { g_host_peak_bytes.store(g_host_live_bytes.load()); }
 
 Buffer::Buffer(size_t bytes, Device dev, bool zero) : size_bytes(bytes), device(dev) {
   if (dev == Device::CPU) {
@@ -80,6 +92,7 @@ Buffer::Buffer(size_t bytes, Device dev, bool zero) : size_bytes(bytes), device(
     if (!data) data = std::aligned_alloc(64, rounded);
     BRAID_CHECK(data != nullptr, "host allocation of " << bytes << " bytes failed");
     if (zero) std::memset(data, 0, rounded);
+    count_host_alloc(bytes);
   } else {
     data = device_alloc(bytes);
     if (zero) device_memset_zero(data, bytes);
@@ -87,8 +100,12 @@ Buffer::Buffer(size_t bytes, Device dev, bool zero) : size_bytes(bytes), device(
 }
 
 Buffer::~Buffer() {
-  if (device == Device::CPU) host_cache().put(data, host_rounded(size_bytes));
-  else device_free(data);
+  if (device == Device::CPU) {
+    host_cache().put(data, host_rounded(size_bytes));
+    g_host_live_bytes.fetch_sub(int64_t(size_bytes));
+  } else {
+    device_free(data);
+  }
 }
 
 Tensor::Tensor(Shape shape, DType dtype, Device device)

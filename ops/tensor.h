@@ -89,6 +89,15 @@ class Tensor {
   bool view_ = false;
 };
 
+// Host memory held by live CPU tensors: bytes requested by the buffers alive now and the
+// most alive at once since the last reset (freed blocks kept in the host cache for reuse
+// are not counted). The memory plan (framework/plan.h) is checked against these.
+struct HostMemoryStats {
+  int64_t live_bytes = 0, peak_bytes = 0;
+};
+HostMemoryStats host_memory_stats();
+void reset_host_memory_peak();  // peak := live
+
 // bf16 <-> f32 (round to nearest even), used by the CPU path and tests.
 uint16_t f32_to_bf16(float x);
 float bf16_to_f32(uint16_t x);

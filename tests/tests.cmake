@@ -24,3 +24,4 @@ set_tests_properties(test_layouts_cuda_nccl_np2 PROPERTIES TIMEOUT 600 LABELS "m
                      ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda;BRAID_TEST_NCCL=1")
 braid_mpi_test(test_rank_grid 8 120)
 braid_mpi_test(test_cuda_training 2 300 cuda)
+braid_mpi_test(test_plan 8 300)

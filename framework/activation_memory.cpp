@@ -1,0 +1,335 @@
+// The dry run behind plan_activation_memory. Each function below mirrors the function of
+// gpt.cpp / pipeline_engine.cpp / tp_mappings.cpp with the same name, statement by
+// statement where memory is concerned: `Buf` plays the role of Tensor (shared ownership
+// of a buffer), `act(n)` of Backend::activation, `stats(n)` of Backend::stats. Statements
+// that allocate nothing (kernels, collectives in place) are left out.
+//
+// Shapes (gpt.h): B micro-batch, T sequence, Ts local sequence, C width, Cl = C/TP,
+// NHl = heads/TP, Vl = vocabulary rows per TP rank; N = B*T, Ns = B*Ts.
+#include "framework/activation_memory.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace braid {
+namespace {
+
+struct Tracker {
+  int64_t live = 0, peak = 0;
+};
+
+// One buffer: counted while any Buf refers to it.
+class Block {
+ public:
+  Block(Tracker& t, int64_t bytes) : t_(t), bytes_(bytes) {
+    t_.live += bytes_;
+    t_.peak = std::max(t_.peak, t_.live);
+  }
+  ~Block() { t_.live -= bytes_; }
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+
+ private:
+  Tracker& t_;
+  int64_t bytes_;
+};
+using Buf = std::shared_ptr<Block>;
+
+struct LayerActs {  // gpt.h LayerActivations
+  Buf input, ln1, ln1_mean, ln1_rstd, ln1_full, qkv, att, atty, res2, ln2, ln2_mean, ln2_rstd,
+      ln2_full, fch, fch_gelu;
+};
+
+struct ChunkActs {  // gpt.h ChunkActivations
+  std::vector<LayerActs> layers;
+  Buf output, lnf, lnf_mean, lnf_rstd, lnf_full, logits;
+};
+
+class DryRun {
+ public:
+  explicit DryRun(const ActivationPlanInput& in) : in_(in) {
+    const ModelConfig& m = in.model;
+    const ModelLayout& l = in.layout;
+    B_ = in.micro_batch;
+    T_ = m.seq_len;
+    Ts_ = l.seq_local(m);
+    C_ = m.n_embd;
+    Cl_ = C_ / l.tp;
+    NHl_ = l.heads_local(m);
+    Vl_ = l.vocab_per_rank(m);
+    N_ = int64_t(B_) * T_;
+    Ns_ = int64_t(B_) * Ts_;
+    sp_ = l.sequence_parallel;
+    act_bytes_ = in.cuda ? 2 : 4;
+  }
+
+  int64_t train_peak();
+  int64_t eval_peak();
+
+ private:
+  Buf alloc(int64_t bytes) { return std::make_shared<Block>(mem_, bytes); }
+  Buf act(int64_t elems) { return alloc(elems * act_bytes_); }
+  Buf stats(int64_t elems) { return alloc(elems * 4); }
+
+  // tp_mappings.cpp: the sequence gather / reduce-scatter repack through a scratch of
+  // TP blocks of [B, Ts, C], alive for the duration of the call (SP implies TP > 1).
+  void seq_scratch() { Buf scratch = act(N_ * C_); }
+  void to_full_seq(const Buf& local, Buf& full) {
+    if (!sp_) {
+      full = local;
+      return;
+    }
+    full = act(N_ * C_);
+    seq_scratch();
+  }
+  void grad_from_full_seq(Buf& dfull, Buf& dlocal) {
+    if (!sp_) {
+      dlocal = dfull;
+      return;
+    }
+    dlocal = act(Ns_ * C_);
+    seq_scratch();
+  }
+  void partial_to_local(Buf& partial_full, Buf& out_local) {
+    if (!sp_) {
+      out_local = partial_full;
+      return;
+    }
+    out_local = act(Ns_ * C_);
+    seq_scratch();
+  }
+  void grad_to_partial(const Buf& dlocal, Buf& dfull) {
+    if (!sp_) {
+      dfull = dlocal;
+      return;
+    }
+    dfull = act(N_ * C_);
+    seq_scratch();
+  }
+
+  void layer_forward(LayerActs& a, const Buf& x, Buf& out);
+  void layer_backward(LayerActs& a, Buf& dx);
+  void embedding_forward(Buf& out);
+  void embedding_backward(const Buf& dx);
+  void head_forward(ChunkActs& acts);
+  void head_backward(Buf& dx);
+  void cross_entropy();
+  void forward(int c, ChunkActs& acts, const Buf* input);
+  void backward(int c, ChunkActs& acts, Buf& dinput);
+
+  int global(int c) const { return in_.layout.global_chunk(c); }
+  bool has_embedding(int c) const { return global(c) == 0; }
+  bool has_head(int c) const { return global(c) == in_.layout.total_chunks() - 1; }
+
+  const ActivationPlanInput& in_;
+  Tracker mem_;
+  int B_, T_, Ts_, C_, Cl_, NHl_;
+  int64_t Vl_, N_, Ns_, act_bytes_;
+  bool sp_;
+};
+
+// gpt.cpp Gpt::layer_forward
+void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
+  a.input = x;
+  a.ln1 = act(Ns_ * C_);
+  a.ln1_mean = stats(Ns_);
+  a.ln1_rstd = stats(Ns_);
+  to_full_seq(a.ln1, a.ln1_full);
+  a.qkv = act(N_ * 3 * Cl_);
+  a.atty = act(N_ * Cl_);
+  // Backend::attention_forward: CPU saves the probabilities, CUDA the log-sum-exp (f32).
+  a.att = in_.cuda ? stats(int64_t(B_) * NHl_ * T_) : alloc(int64_t(B_) * NHl_ * T_ * T_ * 4);
+  Buf proj_partial = act(N_ * C_), proj;
+  partial_to_local(proj_partial, proj);
+  a.res2 = act(Ns_ * C_);
+  a.ln2 = act(Ns_ * C_);
+  a.ln2_mean = stats(Ns_);
+  a.ln2_rstd = stats(Ns_);
+  to_full_seq(a.ln2, a.ln2_full);
+  a.fch = act(N_ * 4 * Cl_);
+  a.fch_gelu = act(N_ * 4 * Cl_);
+  Buf fc_partial = act(N_ * C_), fcproj;
+  partial_to_local(fc_partial, fcproj);
+  out = act(Ns_ * C_);
+}
+
+// gpt.cpp Gpt::layer_backward
+void DryRun::layer_backward(LayerActs& a, Buf& dx) {
+  Buf dres2 = act(Ns_ * C_);  // dx.clone()
+  Buf dpartial;
+  grad_to_partial(dx, dpartial);
+  Buf dgelu = act(N_ * 4 * Cl_);
+  Buf dfch = act(N_ * 4 * Cl_);
+  Buf dln2_full = act(N_ * C_), dln2;
+  grad_from_full_seq(dln2_full, dln2);
+  Buf dinp = act(Ns_ * C_);  // dres2.clone()
+  grad_to_partial(dres2, dpartial);
+  Buf datty = act(N_ * Cl_);
+  Buf dqkv = act(N_ * 3 * Cl_);
+  Buf dln1_full = act(N_ * C_), dln1;
+  grad_from_full_seq(dln1_full, dln1);
+  dx = dinp;
+  a = LayerActs{};
+}
+
+void DryRun::cross_entropy() {
+  // CudaBackend::cross_entropy: the targets uploaded and four [N] f32 row vectors for the
+  // call's duration. The CPU backend keeps these in std::vector (not tensor memory).
+  if (!in_.cuda) return;
+  Buf targets = alloc(std::max<int64_t>(N_, 1) * 4);
+  Buf row_max = stats(N_), row_sum = stats(N_), tlogit = stats(N_), losses = stats(N_);
+}
+
+// gpt.cpp Gpt::embedding_forward
+void DryRun::embedding_forward(Buf& out) {
+  Buf partial = act(N_ * C_);
+  if (in_.cuda) Buf tokens = alloc(std::max<int64_t>(N_, 1) * 4);  // CudaBackend upload
+  partial_to_local(partial, out);
+}
+
+// gpt.cpp Gpt::embedding_backward
+void DryRun::embedding_backward(const Buf& dx) {
+  Buf dfull;
+  grad_to_partial(dx, dfull);
+}
+
+// gpt.cpp Gpt::head_forward
+void DryRun::head_forward(ChunkActs& acts) {
+  acts.lnf = act(Ns_ * C_);
+  acts.lnf_mean = stats(Ns_);
+  acts.lnf_rstd = stats(Ns_);
+  to_full_seq(acts.lnf, acts.lnf_full);
+  acts.logits = act(N_ * Vl_);
+  cross_entropy();
+}
+
+// gpt.cpp Gpt::head_backward
+void DryRun::head_backward(Buf& dx) {
+  Buf dlnf_full = act(N_ * C_), dlnf;
+  grad_from_full_seq(dlnf_full, dlnf);
+  dx = act(Ns_ * C_);  // activation_zeros
+}
+
+// gpt.cpp Gpt::forward
+void DryRun::forward(int c, ChunkActs& acts, const Buf* input) {
+  Buf x;
+  if (has_embedding(c)) embedding_forward(x);
+  else x = *input;
+  acts.layers.resize(size_t(in_.layout.chunk_layers[size_t(global(c))]));
+  for (LayerActs& layer : acts.layers) {
+    Buf out;
+    layer_forward(layer, x, out);
+    x = out;
+  }
+  acts.output = x;
+  if (has_head(c)) head_forward(acts);
+}
+
+// gpt.cpp Gpt::backward (for a non-last chunk the engine's received gradient is cloned)
+void DryRun::backward(int c, ChunkActs& acts, Buf& dinput) {
+  Buf dx;
+  if (has_head(c)) head_backward(dx);
+  else dx = act(Ns_ * C_);
+  for (auto it = acts.layers.rbegin(); it != acts.layers.rend(); ++it) layer_backward(*it, dx);
+  if (has_embedding(c)) embedding_backward(dx);
+  dinput = dx;
+}
+
+// pipeline_engine.cpp PipelineEngine::run_train, MPI and grouped (NCCL) point-to-point.
+int64_t DryRun::train_peak() {
+  const ScheduleSpec& spec = in_.schedule;
+  const int P = spec.stages, G = P * spec.virtual_stages, stage = in_.layout.pp_rank;
+  const std::vector<Action> actions = make_schedule(spec).at(size_t(stage));
+  using Key = std::pair<int, int>;
+  mem_ = Tracker{};
+  {
+    std::map<Key, ChunkActs> acts;
+    std::map<Key, Buf> act_in, grad_in, grad_out;
+    std::vector<Buf> sends, keep_alive;
+    for (const Action& a : actions) {
+      const Key k{a.microbatch, a.chunk};
+      const int g = global_chunk(stage, a.chunk, P);
+      if (in_.grouped_p2p && a.kind != ActionKind::Forward && a.kind != ActionKind::Backward) {
+        Buf t;
+        if (a.kind == ActionKind::SendAct) t = acts.at(k).output;
+        if (a.kind == ActionKind::SendGrad) {
+          t = grad_out.at(k);
+          grad_out.erase(k);
+        }
+        if (a.kind == ActionKind::RecvAct) act_in[k] = t = act(Ns_ * C_);
+        if (a.kind == ActionKind::RecvGrad) grad_in[k] = t = act(Ns_ * C_);
+        keep_alive.push_back(t);
+        continue;
+      }
+      switch (a.kind) {
+        case ActionKind::Forward: {
+          ChunkActs& ca = acts[k];
+          const Buf* input = has_embedding(a.chunk) ? nullptr : &act_in.at(k);
+          forward(a.chunk, ca, input);
+          act_in.erase(k);
+          if (P == 1 && g < G - 1) act_in[{a.microbatch, a.chunk + 1}] = ca.output;
+          break;
+        }
+        case ActionKind::Backward: {
+          Buf dinput;
+          backward(a.chunk, acts.at(k), dinput);
+          acts.erase(k);
+          grad_in.erase(k);
+          if (g > 0) {
+            if (P == 1) grad_in[{a.microbatch, a.chunk - 1}] = dinput;
+            else grad_out[k] = dinput;
+          }
+          break;
+        }
+        case ActionKind::SendAct: sends.push_back(acts.at(k).output); break;
+        case ActionKind::RecvAct: act_in[k] = act(Ns_ * C_); break;
+        case ActionKind::SendGrad:
+          sends.push_back(grad_out.at(k));
+          grad_out.erase(k);
+          break;
+        case ActionKind::RecvGrad: grad_in[k] = act(Ns_ * C_); break;
+      }
+    }
+  }
+  return mem_.peak;
+}
+
+// pipeline_engine.cpp PipelineEngine::run_forward
+int64_t DryRun::eval_peak() {
+  const int P = in_.schedule.stages, G = P * in_.schedule.virtual_stages, stage = in_.layout.pp_rank;
+  mem_ = Tracker{};
+  {
+    std::vector<Buf> sends;
+    for (int mb = 0; mb < in_.eval_microbatches; ++mb) {
+      Buf carry;
+      for (int g = 0; g < G; ++g) {
+        if (g % P != stage) continue;
+        const int c = g / P;
+        ChunkActs ca;
+        Buf input;
+        if (g > 0) input = P == 1 ? carry : act(Ns_ * C_);
+        forward(c, ca, g > 0 ? &input : nullptr);
+        if (g < G - 1) {
+          if (P == 1) carry = ca.output;
+          else sends.push_back(ca.output);
+        }
+      }
+    }
+  }
+  return mem_.peak;
+}
+
+}  // namespace
+
+ActivationPlan plan_activation_memory(const ActivationPlanInput& in) {
+  DryRun run(in);
+  ActivationPlan p;
+  p.train_peak_bytes = run.train_peak();
+  p.eval_peak_bytes = run.eval_peak();
+  return p;
+}
+
+}  // namespace braid
