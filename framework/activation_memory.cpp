@@ -238,7 +238,7 @@ void DryRun::backward(int c, ChunkActs& acts, Buf& dinput) {
   dinput = dx;
 }
 
-// pipeline_engine.cpp PipelineEngine::run_train, MPI and grouped (NCCL) point-to-point.
+// pipeline_engine.cpp PipelineEngine::run_train (MPI and NCCL channels alike).
 int64_t DryRun::train_peak() {
   const ScheduleSpec& spec = in_.schedule;
   const int P = spec.stages, G = P * spec.virtual_stages, stage = in_.layout.pp_rank;
@@ -248,22 +248,10 @@ int64_t DryRun::train_peak() {
   {
     std::map<Key, ChunkActs> acts;
     std::map<Key, Buf> act_in, grad_in, grad_out;
-    std::vector<Buf> sends, keep_alive;
+    std::vector<Buf> sends;  // kept until the step ends, as the engine does
     for (const Action& a : actions) {
       const Key k{a.microbatch, a.chunk};
       const int g = global_chunk(stage, a.chunk, P);
-      if (in_.grouped_p2p && a.kind != ActionKind::Forward && a.kind != ActionKind::Backward) {
-        Buf t;
-        if (a.kind == ActionKind::SendAct) t = acts.at(k).output;
-        if (a.kind == ActionKind::SendGrad) {
-          t = grad_out.at(k);
-          grad_out.erase(k);
-        }
-        if (a.kind == ActionKind::RecvAct) act_in[k] = t = act(Ns_ * C_);
-        if (a.kind == ActionKind::RecvGrad) grad_in[k] = t = act(Ns_ * C_);
-        keep_alive.push_back(t);
-        continue;
-      }
       switch (a.kind) {
         case ActionKind::Forward: {
           ChunkActs& ca = acts[k];

@@ -27,7 +27,6 @@ struct ActivationPlanInput {
   int micro_batch = 1;         // B
   ScheduleSpec schedule;       // stages == layout.pp
   bool cuda = false;           // bf16 activations, CUDA attention state
-  bool grouped_p2p = false;    // pipeline messages as NCCL groups: received tensors kept to the end
   int eval_microbatches = 0;   // validation pass (run_forward) microbatches
 };
 

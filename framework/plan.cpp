@@ -38,12 +38,10 @@ int64_t bucket_elems(const TrainConfig& c) {
   return std::max<int64_t>(1, int64_t(c.bucket_mb * 1024 * 1024 / sizeof(float)));
 }
 
-bool grouped_p2p_planned(const TrainConfig& c) {
-  // PipelineEngine: NCCL groups when the PP communicator is NCCL (CUDA, every rank with
-  // its own GPU, --comm auto|nccl) and the schedule provably pairs its groups.
-  if (c.device != "cuda" || c.comm == "mpi" || c.pp < 2) return false;
-  ScheduleSpec spec = schedule_spec(c);
-  return check_grouped_p2p(make_schedule(spec), spec, nullptr);
+bool nccl_p2p_planned(const TrainConfig& c) {
+  // PipelineEngine: NCCL channels when the PP communicator is NCCL (CUDA, every rank with
+  // its own GPU, --comm auto|nccl); the memory is the same as over MPI.
+  return c.device == "cuda" && c.comm != "mpi" && c.pp > 1;
 }
 
 std::string human_bytes(int64_t b) {
@@ -133,7 +131,6 @@ RankMemoryPlan plan_rank_memory(const TrainConfig& cfg, int dp, int tp_rank, int
   in.micro_batch = cfg.micro_batch;
   in.schedule = spec;
   in.cuda = cuda;
-  in.grouped_p2p = grouped_p2p_planned(cfg);
   in.eval_microbatches = int(cfg.eval_batches);
   ActivationPlan a = plan_activation_memory(in);
   r.activation_bytes = a.train_peak_bytes;
@@ -231,7 +228,7 @@ TrainPlan make_train_plan(const TrainConfig& cfg, int world_size) {
     check("memory plan", [&] {
       const ScheduleSpec spec = schedule_spec(c);
       p.bubble_fraction = simulate_schedule(make_schedule(spec), spec).bubble_fraction;
-      p.grouped_p2p = grouped_p2p_planned(c);
+      p.nccl_p2p = nccl_p2p_planned(c);
       for (int pr = 0; pr < c.pp; ++pr)
         for (int tr = 0; tr < c.tp; ++tr) {
           RankMemoryPlan r = plan_rank_memory(c, p.dp, tr, pr);
@@ -254,7 +251,7 @@ std::string format_train_plan(const TrainPlan& p) {
   os << "  pipeline  " << c.schedule << ", " << c.pp << " stage(s) x " << c.virtual_stages << " chunk(s)";
   if (c.pp > 1 && !p.ranks.empty())
     os << ", bubble " << std::fixed << std::setprecision(1) << 100 * p.bubble_fraction << "% of the step"
-       << (p.grouped_p2p ? ", messages as NCCL groups" : "");
+       << (p.nccl_p2p ? ", messages over NCCL channels when every rank has its own GPU" : "");
   os << "\n  options   " << (c.zero ? "ZeRO-1" : "ZeRO off") << " | sequence parallel "
      << (c.sequence_parallel && c.tp > 1 ? "on" : "off") << " | buckets " << std::defaultfloat << std::setprecision(6) << c.bucket_mb << " MiB | device "
      << c.device << (c.device == "cuda" ? " (bf16 activations, fp32 master weights and AdamW)" : " (fp32)")
@@ -332,7 +329,7 @@ nlohmann::json train_plan_json(const TrainPlan& p) {
   j["vocab_size"] = c.model.vocab_size;
   j["vocab_source"] = p.vocab_source;
   j["bubble_fraction"] = p.bubble_fraction;
-  j["grouped_p2p"] = p.grouped_p2p;
+  j["nccl_p2p"] = p.nccl_p2p;
   j["checks"] = nlohmann::json::array();
   for (const PlanCheck& ck : p.checks) j["checks"].push_back({{"name", ck.name}, {"ok", ck.ok()}, {"problem", ck.problem}});
   // One entry per world rank, in rank order.

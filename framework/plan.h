@@ -54,7 +54,7 @@ struct TrainPlan {
   TrainConfig config;  // as planned (vocabulary resolved)
   int world = 1, tp = 1, pp = 1, dp = 1;
   std::string vocab_source;  // "--vocab-size", "dataset DIR" or "GPT-2 default"
-  bool grouped_p2p = false;  // pipeline messages planned as NCCL groups (CUDA)
+  bool nccl_p2p = false;  // pipeline messages planned over NCCL channels (CUDA)
   double bubble_fraction = 0;
   std::vector<PlanCheck> checks;
   std::vector<RankMemoryPlan> ranks;  // one per (pp rank, tp rank); empty if the layout is invalid
