@@ -18,4 +18,5 @@ add_test(NAME test_layouts_cuda_np8 COMMAND ${BRAID_MPIEXEC} -n 8 $<TARGET_FILE:
 set_tests_properties(test_layouts_cuda_np8 PROPERTIES TIMEOUT 900 LABELS "mpi;cuda"
                      ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda")
 braid_mpi_test(test_rank_grid 8 120)
+braid_mpi_test(test_stop_request 2 300)
 braid_mpi_test(test_cuda_training 2 300 cuda)
