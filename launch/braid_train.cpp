@@ -12,6 +12,10 @@
 #include "parallel/collective_check.h"
 
 int main(int argc, char** argv) {
+  // Stop signals are handled from the very start: a Slurm preemption that arrives while
+  // the ranks start up must not kill them (the loop sees the flag at its first agreement).
+  // Only braid-train: the other programs keep the default actions (Ctrl-C ends them).
+  braid::install_stop_signals();
   return braid::run_main(argc, argv, "braid-train", [](int ac, char** av) {
     using namespace braid;
     TrainConfig cfg;

@@ -85,9 +85,6 @@ void configure_rank(const RankGrid& grid, int threads) {
 }
 
 int run_main(int argc, char** argv, const char* program, const std::function<int(int, char**)>& body) {
-  // Stop signals are handled from the very start: a Slurm preemption that arrives while
-  // the ranks start up must not kill them (the loop sees the flag at its first step).
-  install_stop_signals();
   MPI_Init(&argc, &argv);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
