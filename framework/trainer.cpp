@@ -1,5 +1,6 @@
 #include "framework/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,14 @@
 namespace fs = std::filesystem;
 
 namespace braid {
+
+namespace {
+// Thrown from the engine's poll callback when the ranks agree to stop inside a step.
+struct StepAbandoned {
+  StopRequest request;
+};
+const char* to_string(StopRequest r) { return r == StopRequest::Requeue ? "requeue" : "stop"; }
+}  // namespace
 
 Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)), groups_(groups) {
   const RankGrid& g = groups_.grid;
@@ -49,6 +58,14 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
   ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
   engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);
+  if (g.pp == 1) {
+    // One stage: every rank (TP and DP peers alike) runs the same action list, so the k-th
+    // poll is the same point everywhere. A microbatch ends with its chunk-0 backward.
+    const std::vector<Action> actions = make_schedule(spec).at(0);
+    stop_check_after_.assign(actions.size(), false);
+    for (size_t i = 0; i + 1 < actions.size(); ++i)
+      stop_check_after_[i] = actions[i].kind == ActionKind::Backward && actions[i].chunk == 0;
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -168,8 +185,25 @@ StepResult Trainer::train_step() {
 
   store_.zero_grads();
   reducer_->reset();
-  double loss_sum = engine_->run_train(
-      tokens, targets, scale, [this](int i) { on_param_final(i); }, [this] { reducer_->poll(); });
+  polls_ = 0;
+  double loss_sum = 0;
+  try {
+    loss_sum = engine_->run_train(
+        tokens, targets, scale, [this](int i) { on_param_final(i); }, [this] { poll_step(); });
+  } catch (const StepAbandoned&) {
+    // Complete the data-parallel collectives of the partial step (every replica launched
+    // the same buckets), so the DP group is idle for the checkpoint's collectives. The
+    // gradients are dropped; parameters, optimizer state, step and data position are
+    // still those of the last completed step.
+    for (size_t b = 0; b < store_.buckets().size(); ++b)
+      if (!reducer_->launched(int(b))) reducer_->launch(int(b));
+    reducer_->wait_all();
+    throw;
+  }
+  // The mid-step stop checks assume one poll per schedule action (PipelineEngine's
+  // contract); a mismatch would put the checks at other points than intended.
+  BRAID_CHECK(stop_check_after_.empty() || polls_ == int(stop_check_after_.size()),
+              "pipeline engine polled " << polls_ << " times for " << stop_check_after_.size() << " actions");
   // The tied embedding is final only now (its bucket is alone): reduce it over DP, then
   // sum the first and last stage's copies.
   for (size_t b = 0; b < store_.buckets().size(); ++b)
@@ -253,7 +287,21 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
   }
 }
 
-void Trainer::train(const std::function<bool()>& stop_requested) {
+void Trainer::poll_step() {
+  reducer_->poll();
+  const int action = polls_++;
+  if (!stop_requested_ || action >= int(stop_check_after_.size()) || !stop_check_after_[action]) return;
+  StopRequest r = agree_stop();
+  if (r != StopRequest::None) throw StepAbandoned{r};
+}
+
+StopRequest Trainer::agree_stop() {
+  int64_t s = int64_t(stop_requested_());
+  all_reduce_int64(*groups_.world, &s, 1, ReduceOp::Max);  // every rank agrees
+  return StopRequest(s);
+}
+
+StopRequest Trainer::train(const std::function<StopRequest()>& stop_requested) {
   if (groups_.grid.world_rank == 0) fs::create_directories(cfg_.out_dir);
   if (groups_.grid.world_rank == 0 && !cfg_.quiet) {
     std::printf("%s\nlayout: world %d = dp %d x pp %d x tp %d | schedule %s%s%s%s | global batch %lld x %d tokens\n",
@@ -267,32 +315,46 @@ void Trainer::train(const std::function<bool()>& stop_requested) {
   }
   groups_.world->barrier();
   const int64_t last = cfg_.stop_after > 0 ? std::min(cfg_.stop_after, cfg_.steps) : cfg_.steps;
+  stop_requested_ = stop_requested;
+  StopRequest stop = StopRequest::None;
   while (step_ < last) {
-    StepResult r = train_step();
-    ++steps_this_run_;
-    seconds_this_run_ += r.seconds;
-    std::optional<double> val;
-    if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) val = evaluate();
-    log_step(r, val);
-    bool stop = false;
-    if (stop_requested) {
-      int64_t s = stop_requested() ? 1 : 0;
-      all_reduce_int64(*groups_.world, &s, 1, ReduceOp::Max);  // every rank agrees
-      stop = s != 0;
+    StepResult r;
+    try {
+      r = train_step();
+    } catch (const StepAbandoned& a) {
+      stop = a.request;
+      if (groups_.grid.world_rank == 0)
+        std::printf("stop requested (%s) during step %lld: partial step abandoned after microbatch %d of %d\n",
+                    to_string(stop), static_cast<long long>(step_ + 1),
+                    int(std::count(stop_check_after_.begin(), stop_check_after_.begin() + polls_, true)),
+                    cfg_.grad_accum);
+    }
+    if (stop == StopRequest::None) {
+      ++steps_this_run_;
+      seconds_this_run_ += r.seconds;
+      std::optional<double> val;
+      if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) val = evaluate();
+      log_step(r, val);
+      if (stop_requested_ && step_ < last) stop = agree_stop();  // at the last step: done anyway
     }
     bool periodic = cfg_.save_every > 0 && step_ % cfg_.save_every == 0;
-    if (periodic || step_ == last || stop) {
+    if (periodic || step_ == last || stop != StopRequest::None) {
       std::string dir = save();
       if (groups_.grid.world_rank == 0 && !cfg_.quiet) {
         std::printf("saved checkpoint %s\n", dir.c_str());
         std::fflush(stdout);
       }
     }
-    if (stop) {
-      if (groups_.grid.world_rank == 0) std::printf("stopping on signal after step %lld\n", static_cast<long long>(step_));
+    if (stop != StopRequest::None) {
+      if (groups_.grid.world_rank == 0) {
+        std::printf("stopping on signal after step %lld (%s)\n", static_cast<long long>(step_), to_string(stop));
+        std::fflush(stdout);
+      }
       break;
     }
   }
+  stop_requested_ = nullptr;
+  return stop;
 }
 
 }  // namespace braid

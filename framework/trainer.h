@@ -19,6 +19,10 @@
 
 namespace braid {
 
+// A request to end the run early with a checkpoint, e.g. from a signal (braid-train maps
+// SIGUSR1 to Requeue and SIGTERM/SIGINT to Stop). The ranks agree on the largest one.
+enum class StopRequest : int { None = 0, Requeue = 1, Stop = 2 };
+
 struct StepResult {
   double loss = 0, grad_norm = 0, seconds = 0;
   float lr = 0;
@@ -33,8 +37,13 @@ class Trainer {
 
   // --resume auto|none|PATH; initialises from the seed when nothing is loaded.
   void init_or_resume();
-  // Runs until --steps or --stop-after (or until stop_requested() agrees on a stop).
-  void train(const std::function<bool()>& stop_requested = {});
+  // Runs until --steps or --stop-after, or until the ranks agree on a stop request
+  // (stop_requested() of every rank, all-reduced with max over the world). They agree at
+  // every microbatch boundary when --pp is 1 (a stop there abandons the partial step: the
+  // checkpoint holds the last completed step, so the resumed run is bitwise the same), and
+  // at the end of every step otherwise (see stop_check_after_). Saves a checkpoint before
+  // returning the agreed request; None when the run reached its last step.
+  StopRequest train(const std::function<StopRequest()>& stop_requested = {});
   StepResult train_step();
   double evaluate();  // mean validation loss over eval_batches microbatches per replica
   std::string save();  // checkpoint at the current step
@@ -53,6 +62,8 @@ class Trainer {
   void on_param_final(int i);
   void use_nccl_where_possible();
   void log_step(const StepResult& r, std::optional<double> val_loss);
+  StopRequest agree_stop();  // collective over the world
+  void poll_step();          // between schedule actions: DP reducer progress, mid-step stop
 
   TrainConfig cfg_;
   ProcessGroups& groups_;
@@ -68,6 +79,17 @@ class Trainer {
   int wte_bucket_ = -1;
   int64_t step_ = 0, data_position_ = 0;
   std::vector<double> losses_;
+  // Stop agreement inside a step (--pp 1 only): true after the schedule actions that end a
+  // microbatch, except the last one (the end-of-step agreement follows it). With --pp > 1
+  // the stages are at different microbatches at any moment and the engine holds messages
+  // between actions (grouped NCCL p2p is issued just before the next compute, MPI sends
+  // complete at the end of the step): a blocking world collective between actions can
+  // wait for a message that its peer issues only after that collective, and abandoning
+  // the step would leave messages unmatched. Doing it safely needs the engine's help, so
+  // those runs agree at the end of each step only.
+  std::vector<bool> stop_check_after_;
+  std::function<StopRequest()> stop_requested_;  // set while train() runs
+  int polls_ = 0;                                // schedule actions done in this step
   std::chrono::steady_clock::time_point run_start_;
   int64_t steps_this_run_ = 0;
   double seconds_this_run_ = 0;

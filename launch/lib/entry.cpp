@@ -7,6 +7,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "ops/check.h"
@@ -16,17 +17,24 @@
 namespace braid {
 
 namespace {
-std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop.store(true); }
+// Lock-free, so storing from a signal handler is async-signal-safe.
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free);
+void on_signal(int sig) {
+  // A SIGUSR1 never overrides an earlier SIGTERM/SIGINT (stop wins over requeue).
+  if (sig != SIGUSR1 || g_stop_signal.load() == 0) g_stop_signal.store(sig);
+}
 }  // namespace
 
 void install_stop_signals() {
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGUSR1, on_signal);
-  std::signal(SIGINT, on_signal);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // blocking calls (MPI, file I/O) resume after the handler
+  for (int sig : {SIGTERM, SIGUSR1, SIGINT}) sigaction(sig, &sa, nullptr);
 }
 
-bool stop_signal_received() { return g_stop.load(); }
+int stop_signal_received() { return g_stop_signal.load(); }
 
 int local_gpu_index() {
 #ifndef BRAID_HAVE_CUDA
@@ -40,6 +48,23 @@ int local_gpu_index() {
   int gpus = gpu_count();
   BRAID_REQUIRE(gpus > 0, "--device cuda but no GPU is visible on this node");
   return local % gpus;
+}
+
+std::string describe_launch() {
+  int size = 1, local = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &local);
+  MPI_Comm_free(&node);
+  int leaders = local == 0 ? 1 : 0, nodes = 0;
+  MPI_Allreduce(&leaders, &nodes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  std::string s = "launch: " + std::to_string(size) + " ranks on " + std::to_string(nodes) + " node(s)";
+  if (const char* job = std::getenv("SLURM_JOB_ID")) {
+    const char* restart = std::getenv("SLURM_RESTART_COUNT");
+    s += std::string(" | slurm job ") + job + " restart " + (restart && *restart ? restart : "0");
+  }
+  return s;
 }
 
 void configure_rank(const RankGrid& grid, int threads) {
@@ -60,9 +85,6 @@ void configure_rank(const RankGrid& grid, int threads) {
 }
 
 int run_main(int argc, char** argv, const char* program, const std::function<int(int, char**)>& body) {
-  // Stop signals are handled from the very start: a Slurm preemption that arrives while
-  // the ranks start up must not kill them (the loop sees the flag at its first step).
-  install_stop_signals();
   MPI_Init(&argc, &argv);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -80,12 +102,12 @@ int run_main(int argc, char** argv, const char* program, const std::function<int
     std::fprintf(stderr, "%s %s: error: %s\n", error_prefix().c_str(), program, e.what());
     std::fflush(stderr);
     MPI_Finalize();
-    return 2;
+    return kExitBadInput;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s %s: fatal: %s\n", error_prefix().c_str(), program, e.what());
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
+    MPI_Abort(MPI_COMM_WORLD, kExitFatal);
+    return kExitFatal;
   }
   MPI_Finalize();
   return rc;

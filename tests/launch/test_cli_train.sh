@@ -41,15 +41,15 @@ h5ls -r "$OUT/checkpoints/step_00000010/model.h5" | grep -q "/params/h.1.attn.qk
 "$BIN/braid-sample" --out "$OUT" --prompt "the " --tokens 40 >"$WORK/s.log" 2>&1 && [ "$(wc -c < "$WORK/s.log")" -gt 40 ] \
   && pass "braid-sample: $(head -c 60 "$WORK/s.log" | tr '\n' ' ')" || { fail "braid-sample"; cat "$WORK/s.log"; }
 
-# Preemption: SIGTERM to the ranks -> they agree, save a checkpoint and exit 0.
+# Preemption: SIGTERM to the ranks -> they agree, save a checkpoint and exit 43 (stopped).
 P="$WORK/preempt"
 $MPIRUN -n 2 "$BIN/braid-train" --config "$WORK/run.ini" --data "$DATA" --out "$P" --steps 100000 --save-every 0 --log-every 1 >"$WORK/p.log" 2>&1 &
 mpid=$!
 for i in $(seq 1 100); do [ -f "$P/metrics.jsonl" ] && [ "$(wc -l < "$P/metrics.jsonl")" -ge 3 ] && break; sleep 0.2; done
 pkill -TERM -f "^$BIN/braid-train --config $WORK/run.ini --data $DATA --out $P" || true
 wait $mpid; rc=$?
-if [ "$rc" -eq 0 ] && grep -q "stopping on signal" "$WORK/p.log" && [ -f "$P/checkpoints/latest" ]; then
-  pass "SIGTERM: checkpoint $(cat "$P/checkpoints/latest") saved, exit 0"
+if [ "$rc" -eq 43 ] && grep -q "stopping on signal" "$WORK/p.log" && [ -f "$P/checkpoints/latest" ]; then
+  pass "SIGTERM: checkpoint $(cat "$P/checkpoints/latest") saved, exit 43"
 else fail "SIGTERM handling (rc $rc)"; tail -5 "$WORK/p.log"; fi
 
 # Hard kill (node failure, KillWait expiry): steps logged after the last checkpoint are
