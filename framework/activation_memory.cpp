@@ -248,8 +248,12 @@ int64_t DryRun::train_peak() {
   {
     std::map<Key, ChunkActs> acts;
     std::map<Key, Buf> act_in, grad_in, grad_out;
-    std::vector<Buf> sends;  // kept until the step ends, as the engine does
-    for (const Action& a : actions) {
+    // Sent tensors live until their send is known complete (send_completion_points).
+    const std::vector<int> done_at = send_completion_points(make_schedule(spec), spec).at(size_t(stage));
+    std::map<int, Buf> sends;
+    std::map<int, std::vector<int>> complete_after;
+    for (size_t i = 0; i < actions.size(); ++i) {
+      const Action& a = actions[i];
       const Key k{a.microbatch, a.chunk};
       const int g = global_chunk(stage, a.chunk, P);
       switch (a.kind) {
@@ -272,13 +276,19 @@ int64_t DryRun::train_peak() {
           }
           break;
         }
-        case ActionKind::SendAct: sends.push_back(acts.at(k).output); break;
+        case ActionKind::SendAct: sends[int(i)] = acts.at(k).output; break;
         case ActionKind::RecvAct: act_in[k] = act(Ns_ * C_); break;
         case ActionKind::SendGrad:
-          sends.push_back(grad_out.at(k));
+          sends[int(i)] = grad_out.at(k);
           grad_out.erase(k);
           break;
         case ActionKind::RecvGrad: grad_in[k] = act(Ns_ * C_); break;
+      }
+      if ((a.kind == ActionKind::SendAct || a.kind == ActionKind::SendGrad) && done_at[i] >= 0)
+        complete_after[done_at[i]].push_back(int(i));
+      if (auto it = complete_after.find(int(i)); it != complete_after.end()) {
+        for (int j : it->second) sends.erase(j);
+        complete_after.erase(it);
       }
     }
   }

@@ -7,6 +7,7 @@ PipelineEngine::PipelineEngine(Gpt& model, ProcessGroups& groups, ScheduleSpec s
   validate_schedule_spec(spec_);
   auto all = make_schedule(spec_);
   actions_ = all.at(groups_.grid.pp_rank);
+  send_done_at_ = send_completion_points(all, spec_).at(size_t(groups_.grid.pp_rank));
   if (spec_.stages > 1) {
     // Channels for the training schedule; evaluation (run_forward) only uses activation
     // channels stage s -> s + 1 (mod P), which training uses too.
@@ -42,10 +43,13 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
   const int G = P * V;
   std::map<Key, ChunkActivations> acts;
   std::map<Key, Tensor> act_in, grad_in, grad_out;
-  std::vector<std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
+  // In-flight sends by action index, and after which action each is known complete.
+  std::map<int, std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
+  std::map<int, std::vector<int>> complete_after;
   std::vector<int> backwards_done(V, 0);
   double loss_sum = 0;
-  for (const Action& a : actions_) {
+  for (size_t i = 0; i < actions_.size(); ++i) {
+    const Action& a = actions_[i];
     const Key k{a.microbatch, a.chunk};
     const int g = global_chunk(stage, a.chunk, P);
     switch (a.kind) {
@@ -97,9 +101,11 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
           t = grad_out.at(k);
           grad_out.erase(k);
         }
-        // The tensor stays referenced until the send has completed (end of the step).
-        sends.emplace_back(pp.channel_send(p2p_channel(a, stage), t.raw(), t.numel(), t.dtype(),
-                                           message_tag(a, stage, spec_)), t);
+        // The tensor stays referenced until the send is known complete: from the schedule,
+        // once this stage has run an action that follows the peer's receive, else at the end.
+        sends[int(i)] = {pp.channel_send(p2p_channel(a, stage), t.raw(), t.numel(), t.dtype(),
+                                         message_tag(a, stage, spec_)), t};
+        if (send_done_at_[i] >= 0) complete_after[send_done_at_[i]].push_back(int(i));
         break;
       }
       case ActionKind::RecvAct:
@@ -110,9 +116,18 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
         break;
       }
     }
+    // Sends that have completed by now (MPI: the wait returns at once; NCCL: later compute
+    // is ordered after the send's kernel, which has met its receive): free their tensors.
+    if (auto it = complete_after.find(int(i)); it != complete_after.end()) {
+      for (int j : it->second) {
+        sends.at(j).first->wait();
+        sends.erase(j);
+      }
+      complete_after.erase(it);
+    }
     poll();
   }
-  for (auto& s : sends) s.first->wait();
+  for (auto& [j, s] : sends) s.first->wait();
   BRAID_CHECK(acts.empty(), "schedule left " << acts.size() << " microbatches without backward");
   return loss_sum;
 }

@@ -2,8 +2,9 @@
 // model chunks of this rank: Forward/Backward run the chunk, Send/Recv move activations
 // [B, Ts, C] and their gradients between stages over the PP communicator's channels (one
 // per sender, receiver and lane; MPI matches by unique tags, NCCL by order on the channel).
-// Sends are non-blocking and complete at the end of the step; receives block (on the GPU:
-// the compute stream waits, the host goes on). Activations
+// Sends are non-blocking; each sent tensor is freed at the first action that the schedule
+// proves comes after its receive (send_completion_points), else at the end of the step.
+// Receives block (on the GPU: the compute stream waits, the host goes on). Activations
 // of a (microbatch, chunk) live from its Forward to its Backward, so memory follows the
 // schedule (1F1B: at most PP microbatches in flight on the first stage).
 #pragma once
@@ -43,6 +44,7 @@ class PipelineEngine {
   ProcessGroups& groups_;
   ScheduleSpec spec_;
   std::vector<Action> actions_;  // this stage's list
+  std::vector<int> send_done_at_;  // per action: send_completion_points of this stage
   int peak_live_ = 0;
   // True when the PP communicator carries the channels on ordered links (NCCL).
   bool ordered_channels_ = false;

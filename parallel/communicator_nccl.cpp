@@ -193,7 +193,10 @@ class NcclCommunicator : public Communicator {
     BRAID_CHECK_CUDART(cudaEventRecord(c.ready, compute_));  // the data is produced
     BRAID_CHECK_CUDART(cudaStreamWaitEvent(c.stream, c.ready, 0));
     BRAID_CHECK_NCCL(ncclSend(buf, size_t(count) * mult(dtype), nccl_dtype(dtype), c.peer, c.comm, c.stream));
-    return std::make_unique<ChannelRequest>(c, compute_);
+    cudaEvent_t sent = nullptr;  // marks this send only: later sends on the channel may wait long
+    BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&sent, cudaEventDisableTiming));
+    BRAID_CHECK_CUDART(cudaEventRecord(sent, c.stream));
+    return std::make_unique<ChannelRequest>(sent, compute_);
   }
   void channel_recv(const P2PChannel& ch, void* buf, int64_t count, DType dtype, int tag) override {
     auto it = channels_.find(ch);
@@ -233,25 +236,21 @@ class NcclCommunicator : public Communicator {
     cudaEvent_t ready = nullptr, done = nullptr;
   };
   // Completes a send in the compute stream's order: later compute (which may reuse the
-  // buffer) waits for everything issued on the channel so far.
+  // buffer) waits for this send's kernel, and only for it.
   class ChannelRequest : public CommRequest {
    public:
-    ChannelRequest(Channel& c, cudaStream_t compute) : c_(c), compute_(compute) {}
+    ChannelRequest(cudaEvent_t sent, cudaStream_t compute) : sent_(sent), compute_(compute) {}
     ~ChannelRequest() override {
-      if (!waited_) wait_noexcept();
+      if (!waited_) cudaStreamWaitEvent(compute_, sent_, 0);  // never free a buffer under a send
+      cudaEventDestroy(sent_);  // released once the recorded work completes
     }
     void wait() override {
       waited_ = true;
-      BRAID_CHECK_CUDART(cudaEventRecord(c_.done, c_.stream));
-      BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, c_.done, 0));
+      BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, sent_, 0));
     }
 
    private:
-    void wait_noexcept() noexcept {
-      cudaEventRecord(c_.done, c_.stream);
-      cudaStreamWaitEvent(compute_, c_.done, 0);
-    }
-    Channel& c_;
+    cudaEvent_t sent_;
     cudaStream_t compute_;
     bool waited_ = false;
   };

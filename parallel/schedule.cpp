@@ -499,6 +499,60 @@ std::vector<P2PChannel> p2p_channels(const std::vector<std::vector<Action>>& sch
   return {all.begin(), all.end()};
 }
 
+std::vector<std::vector<int>> send_completion_points(const std::vector<std::vector<Action>>& schedule,
+                                                    const ScheduleSpec& spec) {
+  const int P = int(schedule.size());
+  // Vector clocks over the non-blocking-send, blocking-receive run: clock[s][i][q] is the
+  // last action of stage q known (through program order and messages) to have run when
+  // stage s has run its action i.
+  std::vector<std::vector<std::vector<int>>> clock(static_cast<size_t>(P));
+  std::map<int, std::vector<int>> sent;  // tag -> sender's clock at the send
+  std::map<int, int> received_at;        // tag -> index of the receive in the receiver's list
+  std::vector<size_t> next(size_t(P), 0);
+  std::vector<std::vector<int>> now(size_t(P), std::vector<int>(size_t(P), -1));
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (int s = 0; s < P; ++s) {
+      const auto& list = schedule[size_t(s)];
+      while (next[size_t(s)] < list.size()) {
+        const size_t i = next[size_t(s)];
+        const Action& a = list[i];
+        std::vector<int>& vc = now[size_t(s)];
+        if (is_message(a) && !is_send(a)) {
+          auto it = sent.find(message_tag(a, s, spec));
+          if (it == sent.end()) break;  // blocks until the peer has sent
+          for (int q = 0; q < P; ++q) vc[size_t(q)] = std::max(vc[size_t(q)], it->second[size_t(q)]);
+          received_at[it->first] = int(i);
+        }
+        vc[size_t(s)] = int(i);
+        if (is_message(a) && is_send(a)) sent[message_tag(a, s, spec)] = vc;
+        clock[size_t(s)].push_back(vc);
+        ++next[size_t(s)];
+        moved = true;
+      }
+    }
+  }
+  for (int s = 0; s < P; ++s)
+    BRAID_CHECK(next[size_t(s)] == schedule[size_t(s)].size(),
+                "send_completion_points: stage " << s << " blocks at action " << next[size_t(s)]);
+  std::vector<std::vector<int>> done(static_cast<size_t>(P));
+  for (int s = 0; s < P; ++s) {
+    const auto& list = schedule[size_t(s)];
+    done[size_t(s)].assign(list.size(), -1);
+    for (size_t i = 0; i < list.size(); ++i) {
+      const Action& a = list[i];
+      if (!is_message(a) || !is_send(a)) continue;
+      const int r = received_at.at(message_tag(a, s, spec));
+      // Clocks only grow along a list: the first later action that knows of the receive.
+      const auto& c = clock[size_t(s)];
+      auto it = std::partition_point(c.begin() + long(i) + 1, c.end(),
+                                     [&](const std::vector<int>& vc) { return vc[size_t(a.peer)] < r; });
+      if (it != c.end()) done[size_t(s)][i] = int(it - c.begin());
+    }
+  }
+  return done;
+}
+
 bool check_channel_order(const std::vector<std::vector<Action>>& schedule, const ScheduleSpec& spec,
                          std::string* why) {
   // Per channel, the tags in the sender's issue order and in the receiver's post order.

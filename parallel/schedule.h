@@ -130,6 +130,17 @@ P2PChannel p2p_channel(const Action& action, int stage);
 // Every channel the schedule uses, sorted (the same list on every stage).
 std::vector<P2PChannel> p2p_channels(const std::vector<std::vector<Action>>& schedule);
 
+// When each send is known to be complete, from the schedule alone: for stage s and the
+// index i of a Send in its list, done[s][i] is the index of the first later action of the
+// same stage that runs only after the matching receive has run on the peer (a chain of
+// program order and messages leads from that receive to it), or -1 when no action of the
+// step follows it that way (the send completes at the end of the step). Lets the engine
+// free each sent tensor as early as it may, at the same point on every run; a gradient
+// sent down the pipeline otherwise stays allocated for the rest of the step, so 1F1B's
+// memory would grow with the number of microbatches. -1 for actions that are not sends.
+std::vector<std::vector<int>> send_completion_points(const std::vector<std::vector<Action>>& schedule,
+                                                    const ScheduleSpec& spec);
+
 // True when, on every channel, the receiver posts its receives in the order the sender
 // issues its sends (compared by message_tag); otherwise false with `why` naming the first
 // mismatch of each bad channel. This is what a transport that matches by order (NCCL)

@@ -502,3 +502,58 @@ TEST(Schedule, ChannelOrderDetectsSwappedReceives) {
 }
 }  // namespace
 }  // namespace braid
+
+namespace braid {
+namespace {
+// GPipe on 2 stages, 2 microbatches, by hand: stage 0 runs F0 SendAct0 F1 SendAct1
+// RecvGrad0 B0 RecvGrad1 B1; stage 1 runs RecvAct0 F0 RecvAct1 F1 B0 SendGrad0 B1
+// SendGrad1. Both activations were received before stage 1 sent gradient 0, so stage 0
+// knows both sends complete once RecvGrad0 (index 4) has run; nothing comes back to
+// stage 1 after its gradients, so those complete at the end of the step (-1).
+TEST(Schedule, SendCompletionPointsByHand) {
+  ScheduleSpec spec{ScheduleKind::GPipe, 2, 2, 1};
+  const auto done = send_completion_points(make_schedule(spec), spec);
+  EXPECT_EQ(done[0], (std::vector<int>{-1, 4, -1, 4, -1, -1, -1, -1}));
+  EXPECT_EQ(done[1], (std::vector<int>(8, -1)));
+}
+
+// What the completion points are for: with sent tensors freed at them, the sends a 1F1B
+// stage holds at once no longer grow with the number of microbatches (they would be m
+// with every send kept to the end of the step). Every completion point lies after its send
+// and names an action that exists.
+TEST(Schedule, SendCompletionPointsBoundLiveSendsIn1F1B) {
+  for (int p : {2, 4, 8}) {
+    std::vector<int> peak_per_m;
+    for (int m : {2 * p, 8 * p}) {
+      ScheduleSpec spec{ScheduleKind::OneFOneB, p, m, 1};
+      const auto sched = make_schedule(spec);
+      const auto done = send_completion_points(sched, spec);
+      int peak = 0;
+      for (int s = 0; s < p; ++s) {
+        const auto& list = sched[size_t(s)];
+        ASSERT_EQ(done[size_t(s)].size(), list.size());
+        std::vector<int> released(list.size() + 1, 0);
+        int live = 0;
+        for (size_t i = 0; i < list.size(); ++i) {
+          const bool send = list[i].kind == ActionKind::SendAct || list[i].kind == ActionKind::SendGrad;
+          const int d = done[size_t(s)][i];
+          if (!send) EXPECT_EQ(d, -1);
+          if (send) {
+            ++live;
+            if (d >= 0) {
+              EXPECT_GT(d, int(i)) << "p" << p << " m" << m << " stage " << s;
+              ++released[size_t(d)];
+            }
+          }
+          peak = std::max(peak, live);
+          live -= released[i];
+        }
+      }
+      peak_per_m.push_back(peak);
+    }
+    EXPECT_EQ(peak_per_m[0], peak_per_m[1]) << "live sends grow with microbatches at p" << p;
+    EXPECT_LE(peak_per_m[1], 2 * p) << "p" << p;
+  }
+}
+}  // namespace
+}  // namespace braid
