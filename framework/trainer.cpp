@@ -8,6 +8,7 @@
 
 #include "parallel/collective_check.h"
 #include "parallel/communicator_nccl.h"
+#include "parallel/ledger_communicator.h"
 
 namespace fs = std::filesystem;
 
@@ -77,7 +78,10 @@ void Trainer::use_nccl_where_possible() {
   });
   auto [compute, comm] = backend_->cuda_streams();
   for (size_t i = 0; i < data_groups.size(); ++i)
-    if (wrap[i]) *data_groups[i] = make_nccl_communicator(std::move(*data_groups[i]), compute, comm);
+    if (wrap[i])  // under the ledger wrapper, so the ledger keeps recording the group's calls
+      *data_groups[i] = replace_inner_communicator(std::move(*data_groups[i]), [&](std::unique_ptr<Communicator> c) {
+        return make_nccl_communicator(std::move(c), compute, comm);
+      });
 }
 
 void Trainer::init_or_resume() {
