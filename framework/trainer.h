@@ -22,7 +22,12 @@ namespace braid {
 struct StepResult {
   double loss = 0, grad_norm = 0, seconds = 0;
   float lr = 0;
+  bool skipped = false;  // non-finite loss or gradient norm on some rank: no update anywhere
 };
+
+// Exit code of a run whose steps stay non-finite after a rollback (or with no checkpoint to
+// roll back to): CollectiveError raised on every rank together.
+constexpr int kDivergedExitCode = 3;
 
 class Trainer {
  public:
@@ -44,6 +49,8 @@ class Trainer {
   Gpt& model() { return *model_; }
   const TrainConfig& config() const { return cfg_; }
   const std::vector<double>& losses() const { return losses_; }
+  int64_t skipped_steps() const { return skipped_steps_; }
+  int64_t rollbacks() const { return rollbacks_; }
 
  private:
   void load_batch(int64_t position, DataLoader& loader, int microbatches,
@@ -52,6 +59,9 @@ class Trainer {
   void on_param_final(int i);
   void use_nccl_where_possible();
   void log_step(const StepResult& r, std::optional<double> val_loss);
+  void restore(const std::string& path);  // collective: model, optimizer, step, data position
+  bool agree_step_is_bad(bool bad_here);  // collective over the world
+  void roll_back();                       // after --max-bad-steps consecutive skipped steps
 
   TrainConfig cfg_;
   ProcessGroups& groups_;
@@ -70,6 +80,10 @@ class Trainer {
   std::chrono::steady_clock::time_point run_start_;
   int64_t steps_this_run_ = 0;
   double seconds_this_run_ = 0;
+  // Non-finite steps (see train_step): skipped in total, in a row, rollbacks.
+  int64_t skipped_steps_ = 0, bad_in_row_ = 0, rollbacks_ = 0;
+  bool good_step_since_rollback_ = true;
+  std::vector<int> nan_injections_left_;  // --inject-nan-at-step, each used once
 };
 
 }  // namespace braid

@@ -5,6 +5,7 @@
 // aborts the world (MPI_Abort) so the others never hang in a collective.
 #pragma once
 #include <functional>
+#include <string>
 
 #include "parallel/rank_grid.h"
 
@@ -22,5 +23,11 @@ void install_stop_signals();
 // visible. Several ranks may share one GPU (the MPI data plane stages their traffic).
 int local_gpu_index();
 bool stop_signal_received();
+
+// Fault handling (parallel/watchdog.h): starts this rank's watchdog over the groups' ledger
+// (collective over the world). timeout_s <= 0 disables the timeout; ledgers are dumped to
+// dump_dir on a timeout, on a fatal error (run_main asks every rank for its ledger before
+// MPI_Abort) and on SIGUSR2. It lives until run_main returns.
+void start_watchdog(ProcessGroups& groups, double timeout_s, const std::string& dump_dir);
 
 }  // namespace braid
