@@ -250,7 +250,8 @@ bool Trainer::agree_step_is_bad(bool bad_here) {
   return bad != 0;
 }
 
-void Trainer::roll_back() {
+bool Trainer::roll_back_if_diverging() {
+  if (cfg_.max_bad_steps <= 0 || bad_in_row_ < cfg_.max_bad_steps) return false;
   std::string path;
   run_collectively(*groups_.world, [&] { path = find_latest_checkpoint(cfg_.out_dir); });
   const bool root = groups_.grid.world_rank == 0;
@@ -280,6 +281,7 @@ void Trainer::roll_back() {
                 static_cast<long long>(at), static_cast<long long>(data_position_));
     std::fflush(stdout);
   }
+  return true;
 }
 
 double Trainer::evaluate() {
@@ -326,7 +328,7 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
   std::ofstream f(fs::path(cfg_.out_dir) / "metrics.jsonl", std::ios::app);
   f << j.dump() << "\n";
   if (r.skipped) {  // always on the console, whatever --log-every and --quiet say
-    std::printf("step %6lld/%lld | non-finite loss %g or grad norm %g: update skipped on every rank "
+    std::printf("step %6lld/%lld | loss %g | norm %g | non-finite: update skipped on every rank "
                 "(%lld in a row, %lld in this run)\n",
                 static_cast<long long>(step_), static_cast<long long>(cfg_.steps), r.loss, r.grad_norm,
                 static_cast<long long>(bad_in_row_), static_cast<long long>(skipped_steps_));
@@ -364,10 +366,7 @@ void Trainer::train(const std::function<bool()>& stop_requested) {
     std::optional<double> val;
     if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) val = evaluate();
     log_step(r, val);
-    if (cfg_.max_bad_steps > 0 && bad_in_row_ >= cfg_.max_bad_steps) {
-      roll_back();
-      continue;
-    }
+    if (roll_back_if_diverging()) continue;
     bool stop = false;
     if (stop_requested) {
       int64_t s = stop_requested() ? 1 : 0;

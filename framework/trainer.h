@@ -49,6 +49,11 @@ class Trainer {
   Gpt& model() { return *model_; }
   const TrainConfig& config() const { return cfg_; }
   const std::vector<double>& losses() const { return losses_; }
+  int64_t data_position() const { return data_position_; }
+  // After --max-bad-steps skipped steps in a row: rolls back to the latest checkpoint
+  // (collective; returns true) or throws CollectiveError(kDivergedExitCode) when there is
+  // none or the previous rollback was followed by no good step. train() calls it per step.
+  bool roll_back_if_diverging();
   int64_t skipped_steps() const { return skipped_steps_; }
   int64_t rollbacks() const { return rollbacks_; }
 
@@ -61,7 +66,6 @@ class Trainer {
   void log_step(const StepResult& r, std::optional<double> val_loss);
   void restore(const std::string& path);  // collective: model, optimizer, step, data position
   bool agree_step_is_bad(bool bad_here);  // collective over the world
-  void roll_back();                       // after --max-bad-steps consecutive skipped steps
 
   TrainConfig cfg_;
   ProcessGroups& groups_;

@@ -311,26 +311,42 @@ LedgerReport analyze_ledgers(const std::map<int, nlohmann::json>& dumps, double 
     v.summary = divs[0].text;
   } else if (!all.empty()) {
     // Follow the chain of waits from the earliest stall to the ranks at its end: lost ones,
-    // ones busy outside communication, or a cycle.
-    const Stall* s = &all[0];
-    std::set<const Stall*> seen;
-    while (seen.insert(s).second && s->lost.empty()) {
+    // ones busy outside communication, or a cycle (ranks waiting for each other in calls
+    // they issued in different orders: a deadlock).
+    std::vector<const Stall*> path{&all[0]};
+    const Stall* repeat = nullptr;
+    while (path.back()->lost.empty() && !repeat) {
       const Stall* next = nullptr;
-      for (int b : s->blamed)
+      for (int b : path.back()->blamed)
         for (const Stall& t : all)
           if (!next && std::find(t.waiting.begin(), t.waiting.end(), b) != t.waiting.end()) next = &t;
       if (!next) break;
-      s = next;
+      if (std::find(path.begin(), path.end(), next) != path.end()) repeat = next;
+      else path.push_back(next);
     }
-    v.kind = s->lost.empty() ? LedgerVerdict::Kind::Stall : LedgerVerdict::Kind::Lost;
-    v.ranks = s->lost.empty() ? s->blamed : s->lost;
+    const Stall* s = repeat ? repeat : path.back();
     v.group = s->group;
     v.seq = s->seq;
     std::ostringstream os;
-    os << "stall in " << s->text << ": " << ranks_phrase(s->waiting) << " waiting for ";
-    if (!s->lost.empty()) os << "lost " << ranks_phrase(s->lost);
-    else if (!s->blamed.empty()) os << ranks_phrase(s->blamed);
-    else os << "the transport (every member reached it)";
+    if (repeat) {
+      v.kind = LedgerVerdict::Kind::Stall;
+      os << "deadlock: a cycle of waits:";
+      std::set<int> blamed;
+      for (auto it = std::find(path.begin(), path.end(), repeat); it != path.end(); ++it) {
+        os << " " << (*it)->text << " (" << ranks_phrase((*it)->waiting) << ") waits for " << ranks_phrase((*it)->blamed)
+           << ";";
+        blamed.insert((*it)->blamed.begin(), (*it)->blamed.end());
+      }
+      os << " the ranks issued these calls in different orders";
+      v.ranks.assign(blamed.begin(), blamed.end());
+    } else {
+      v.kind = s->lost.empty() ? LedgerVerdict::Kind::Stall : LedgerVerdict::Kind::Lost;
+      v.ranks = s->lost.empty() ? s->blamed : s->lost;
+      os << "stall in " << s->text << ": " << ranks_phrase(s->waiting) << " waiting for ";
+      if (!s->lost.empty()) os << "lost " << ranks_phrase(s->lost);
+      else if (!s->blamed.empty()) os << ranks_phrase(s->blamed) << " (" << activity(ledgers.at(s->blamed[0])) << ")";
+      else os << "the transport (every member reached it)";
+    }
     v.summary = os.str();
   } else if (!rep.lost.empty()) {
     v.kind = LedgerVerdict::Kind::Lost;
