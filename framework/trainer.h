@@ -46,6 +46,7 @@ class Trainer {
 
   int64_t step() const { return step_; }
   ParamStore& store() { return store_; }
+  Optimizer& optimizer() { return *optimizer_; }
   Gpt& model() { return *model_; }
   const TrainConfig& config() const { return cfg_; }
   const std::vector<double>& losses() const { return losses_; }
