@@ -29,6 +29,7 @@ struct Call {
 struct RankLedger {
   int rank = -1;
   int64_t dumped_us = 0;
+  std::string reason;  // why it dumped
   std::vector<Call> calls;                                  // oldest first
   std::map<std::string, std::vector<int>> group_members;    // group key -> world ranks
   std::map<std::string, std::map<int64_t, const Call*>> by_seq;  // collectives per group
@@ -86,6 +87,7 @@ RankLedger parse_dump(const nlohmann::json& j) {
   RankLedger l;
   l.rank = j.at("rank").get<int>();
   l.dumped_us = j.at("dumped_us").get<int64_t>();
+  l.reason = j.at("reason").get<std::string>();
   std::vector<std::string> keys;
   for (const auto& g : j.at("groups")) {
     std::vector<int> members = g.at("members").get<std::vector<int>>();
@@ -234,6 +236,15 @@ LedgerReport analyze_ledgers(const std::map<int, nlohmann::json>& dumps, double 
     rep.details.push_back("the dumps were written " + std::to_string((last_dump - first_dump) / 1000000) +
                           " s apart: some may come from an earlier event");
 
+  std::vector<int> failed;
+  std::string failure;
+  for (const auto& [r, l] : ledgers)
+    if (l.reason.rfind("fatal error", 0) == 0) {
+      failed.push_back(r);
+      if (failure.empty()) failure = l.reason;
+      rep.details.push_back("rank " + std::to_string(r) + " stopped on a " + l.reason);
+    }
+
   // Divergences: the earliest over all groups.
   std::set<std::string> groups;
   for (const auto& [r, l] : ledgers)
@@ -309,6 +320,10 @@ LedgerReport analyze_ledgers(const std::map<int, nlohmann::json>& dumps, double 
     v.group = divs[0].group;
     v.seq = divs[0].seq;
     v.summary = divs[0].text;
+  } else if (!failed.empty()) {
+    v.kind = LedgerVerdict::Kind::Failed;
+    v.ranks = failed;
+    v.summary = ranks_phrase(failed) + " failed (" + failure + ")";
   } else if (!all.empty()) {
     // Follow the chain of waits from the earliest stall to the ranks at its end: lost ones,
     // ones busy outside communication, or a cycle (ranks waiting for each other in calls

@@ -19,7 +19,7 @@
 namespace braid {
 
 struct LedgerVerdict {
-  enum class Kind { Consistent, Divergence, Stall, Lost };
+  enum class Kind { Consistent, Divergence, Failed, Stall, Lost };
   Kind kind = Kind::Consistent;
   std::vector<int> ranks;  // the ranks to blame (diverging, not arrived, or lost)
   std::string group;       // "world[0,1,2,3]"
@@ -31,7 +31,8 @@ struct LedgerReport {
   int world_size = 0;
   std::vector<int> lost;             // ranks without a dump
   std::vector<std::string> details;  // every finding, earliest first
-  LedgerVerdict verdict;             // the first divergence, else the first stall, else lost ranks
+  LedgerVerdict verdict;  // the first divergence, else a failed rank, else the stall at the end
+                          // of the chain of waits, else lost ranks
 };
 
 // Reads DIR/rank-*.json; InputError naming the file for anything malformed.

@@ -233,6 +233,18 @@ TEST(LedgerAnalysis, FollowsTheChainOfWaitsToTheRankThatNeverArrived) {
   EXPECT_NE(rep.verdict.summary.find("deadlock"), std::string::npos) << rep.verdict.summary;
 }
 
+TEST(LedgerAnalysis, NamesTheRankThatFailed) {
+  FakeWorld w(4);
+  for (int r = 0; r < 4; ++r) w.done(r, w.world_group[size_t(r)], 0);
+  for (int r : {0, 1, 3}) w.stuck(r, w.world_group[size_t(r)], 1);
+  std::map<int, nlohmann::json> d = w.dumps();
+  d[2]["reason"] = "fatal error: HDF5 write failed";
+  LedgerReport rep = analyze_ledgers(d, 0.0);
+  EXPECT_EQ(rep.verdict.kind, LedgerVerdict::Kind::Failed) << rep.verdict.summary;
+  EXPECT_EQ(rep.verdict.ranks, std::vector<int>{2});
+  EXPECT_NE(rep.verdict.summary.find("HDF5 write failed"), std::string::npos) << rep.verdict.summary;
+}
+
 TEST(LedgerAnalysis, BadDumpsAreInputErrorsNamingTheFile) {
   // Local to each rank (no collective): its own directory.
   std::string dir = (std::filesystem::temp_directory_path() / ("braid_test_ledger_bad_" + std::to_string(world_rank()))).string();
