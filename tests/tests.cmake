@@ -20,4 +20,4 @@ set_tests_properties(test_layouts_cuda_np8 PROPERTIES TIMEOUT 900 LABELS "mpi;cu
 braid_mpi_test(test_rank_grid 8 120)
 braid_mpi_test(test_cuda_training 2 300 cuda)
 braid_mpi_test(test_ledger 4 120)
-braid_mpi_test(test_faults 4 300)
+braid_mpi_test(test_nonfinite_steps 4 300)

@@ -70,7 +70,7 @@ class Faults : public ::testing::TestWithParam<int> {};
 TEST_P(Faults, SkipIsUnanimousCountedAndChangesNothingThenRollBackAfterK) {
   const int zero = GetParam(), W = world_size();
   const int tp = W % 2 == 0 ? 2 : 1;  // DP = W / tp replicas: rank 0's poison reaches one of them
-  auto data = test::make_token_dataset("faults", 64, 4096, 512);
+  auto data = test::make_token_dataset("nonfinite", 64, 4096, 512);
   std::string out = test::temp_dir("faults_z" + std::to_string(zero));
   TrainConfig cfg = make_config(data, out, tp, zero);
   cfg.inject_nan_at_steps = {3, 5, 6};
@@ -127,7 +127,7 @@ void expect_diverged(Trainer& tr, const std::string& needle) {
 
 TEST(Faults, WithoutACheckpointKBadStepsEndTheRun) {
   const int W = world_size(), tp = W % 2 == 0 ? 2 : 1;
-  auto data = test::make_token_dataset("faults", 64, 4096, 512);
+  auto data = test::make_token_dataset("nonfinite", 64, 4096, 512);
   TrainConfig cfg = make_config(data, test::temp_dir("faults_nockpt"), tp, 0);
   cfg.inject_nan_at_steps = {2, 3};
   cfg.max_bad_steps = 2;
@@ -141,7 +141,7 @@ TEST(Faults, WithoutACheckpointKBadStepsEndTheRun) {
 
 TEST(Faults, NonFiniteAgainRightAfterARollbackEndsTheRun) {
   const int W = world_size(), tp = W % 2 == 0 ? 2 : 1;
-  auto data = test::make_token_dataset("faults", 64, 4096, 512);
+  auto data = test::make_token_dataset("nonfinite", 64, 4096, 512);
   TrainConfig cfg = make_config(data, test::temp_dir("faults_again"), tp, 0);
   cfg.save_every = 1;
   cfg.keep_last = 1;
