@@ -85,7 +85,11 @@ po::options_description train_options(TrainConfig& c) {
     ("sample-prompt", po::value(&c.sample_prompt)->default_value(""), "prompt for that sample")
     ("plan", po::bool_switch(&c.plan), "print each rank's parameter, gradient, optimizer and peak activation memory and every failing check for this config and layout, without allocating or training, and exit (2 if a check fails)")
     ("plan-json", po::value(&c.plan_json)->default_value(""), "with --plan (implied): also write the plan as JSON to this file")
-    ("dp", po::value(&c.dp)->default_value(0), "data-parallel size: 0 = world / (tp*pp); with --plan it sets the planned world tp*pp*dp");
+    ("dp", po::value(&c.dp)->default_value(0), "data-parallel size: 0 = world / (tp*pp); with --plan it sets the planned world tp*pp*dp")
+    ("collective-timeout", po::value(&c.collective_timeout)->default_value(600), "seconds a rank may stay blocked in one collective or receive before the watchdog dumps the ledgers and aborts the job (0 = off)")
+    ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(5), "non-finite loss or gradient norm: the step is skipped; after this many in a row, roll back to the last checkpoint (0 = never)")
+    ("inject-nan-at-step", po::value<std::string>()->default_value(""), "testing: make the gradients of these steps non-finite, e.g. 3,4,5")
+    ("inject-collective-mismatch", po::value<std::string>()->default_value(""), "testing: RANK,STEP: that rank issues a barrier where the others all-reduce, in that step");
   // clang-format on
   return d;
 }
@@ -120,6 +124,9 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
   }
   cfg.pp_layers = parse_int_list(vm["pp-layers"].as<std::string>(), "--pp-layers");
   if (!cfg.plan_json.empty()) cfg.plan = true;
+  cfg.inject_nan_at_steps = parse_int_list(vm["inject-nan-at-step"].as<std::string>(), "--inject-nan-at-step");
+  cfg.inject_collective_mismatch =
+      parse_int_list(vm["inject-collective-mismatch"].as<std::string>(), "--inject-collective-mismatch");
   return true;
 }
 
@@ -154,6 +161,14 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda (got '" << c.device << "')");
   BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");
   BRAID_REQUIRE(c.comm == "auto" || c.comm == "mpi" || c.comm == "nccl", "--comm must be auto, mpi or nccl");
+  BRAID_REQUIRE(c.collective_timeout >= 0 && std::isfinite(c.collective_timeout),
+                "--collective-timeout must be >= 0 seconds (0 = off), got " << c.collective_timeout);
+  BRAID_REQUIRE(c.max_bad_steps >= 0, "--max-bad-steps must be >= 0 (got " << c.max_bad_steps << ")");
+  for (int s : c.inject_nan_at_steps) BRAID_REQUIRE(s >= 1, "--inject-nan-at-step: steps are >= 1 (got " << s << ")");
+  BRAID_REQUIRE(c.inject_collective_mismatch.empty() ||
+                    (c.inject_collective_mismatch.size() == 2 && c.inject_collective_mismatch[0] >= 0 &&
+                     c.inject_collective_mismatch[0] < world_size && c.inject_collective_mismatch[1] >= 1),
+                "--inject-collective-mismatch expects RANK,STEP with 0 <= RANK < " << world_size << " and STEP >= 1");
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {

@@ -44,6 +44,11 @@ struct TrainConfig {
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
   int local_device = 0;             // GPU of this rank (set by the entry point)
   std::string comm = "auto";        // auto | mpi | nccl: data plane of GPU collectives  // no per-step console lines (metrics.jsonl is still written)
+  // faults (see README "Faults"): watchdog, non-finite steps, test-only injection
+  double collective_timeout = 600;      // seconds blocked in one call before the watchdog aborts; 0 = off
+  int max_bad_steps = 5;                // consecutive non-finite steps before rolling back; 0 = never roll back
+  std::vector<int> inject_nan_at_steps;       // testing: poison these steps' gradients (once each)
+  std::vector<int> inject_collective_mismatch;  // testing: {rank, step}: that rank issues a barrier in place of one collective
 
   // memory and layout plan (framework/plan.h): print it and exit, nothing allocated
   bool plan = false;

@@ -6,9 +6,11 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 
 #include "parallel/collective_check.h"
 #include "parallel/communicator_nccl.h"
+#include "parallel/ledger_communicator.h"
 
 namespace fs = std::filesystem;
 
@@ -66,6 +68,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
     for (size_t i = 0; i + 1 < actions.size(); ++i)
       stop_check_after_[i] = actions[i].kind == ActionKind::Backward && actions[i].chunk == 0;
   }
+  nan_injections_left_ = cfg_.inject_nan_at_steps;
 }
 
 Trainer::~Trainer() = default;
@@ -94,7 +97,10 @@ void Trainer::use_nccl_where_possible() {
   });
   auto [compute, comm] = backend_->cuda_streams();
   for (size_t i = 0; i < data_groups.size(); ++i)
-    if (wrap[i]) *data_groups[i] = make_nccl_communicator(std::move(*data_groups[i]), compute, comm);
+    if (wrap[i])  // under the ledger wrapper, so the ledger keeps recording the group's calls
+      *data_groups[i] = replace_inner_communicator(std::move(*data_groups[i]), [&](std::unique_ptr<Communicator> c) {
+        return make_nccl_communicator(std::move(c), compute, comm);
+      });
 }
 
 void Trainer::init_or_resume() {
@@ -111,6 +117,13 @@ void Trainer::init_or_resume() {
     data_position_ = 0;
     return;
   }
+  restore(path);
+  if (groups_.grid.world_rank == 0 && !cfg_.quiet)
+    std::printf("resumed from %s at step %lld (data position %lld)\n", path.c_str(),
+                static_cast<long long>(step_), static_cast<long long>(data_position_));
+}
+
+void Trainer::restore(const std::string& path) {
   CheckpointState st = load_checkpoint(path, store_, optimizer_.get(), groups_, cfg_.model);
   backend_->refresh_weights();
   step_ = st.step;
@@ -137,9 +150,6 @@ void Trainer::init_or_resume() {
   }
   BRAID_REQUIRE(st.seed == cfg_.seed, "checkpoint " << path << " was trained with --seed " << st.seed
                                                      << " but this run has --seed " << cfg_.seed);
-  if (groups_.grid.world_rank == 0 && !cfg_.quiet)
-    std::printf("resumed from %s at step %lld (data position %lld)\n", path.c_str(),
-                static_cast<long long>(step_), static_cast<long long>(data_position_));
 }
 
 void Trainer::load_batch(int64_t position, DataLoader& loader, int microbatches,
@@ -217,23 +227,94 @@ StepResult Trainer::train_step() {
     else
       groups_.embed->all_reduce(store_.flat_grads().f32() + bk.offset, bk.size, DType::F32, ReduceOp::Sum);
   }
+  // Testing (--inject-nan-at-step): this step's gradients on world rank 0 become NaN, so
+  // only the replicas whose norm includes rank 0's gradients see it (the agreement below
+  // must make every rank skip). On a GPU the norm itself is poisoned instead.
+  bool inject_nan = false;
+  if (auto it = std::find(nan_injections_left_.begin(), nan_injections_left_.end(), step_ + 1);
+      it != nan_injections_left_.end()) {
+    nan_injections_left_.erase(it);
+    inject_nan = groups_.grid.world_rank == 0;
+  }
+  if (inject_nan && store_.device() == Device::CPU) {
+    float* g = reducer_->zero() ? reducer_->shard_grads() : store_.flat_grads().f32();
+    const int64_t n = reducer_->zero() ? reducer_->shard_total() : store_.flat_size();
+    std::fill(g, g + n, std::numeric_limits<float>::quiet_NaN());
+  }
   StepResult r;
   r.grad_norm = optimizer_->clip_grad_norm(cfg_.grad_clip);
+  if (inject_nan && store_.device() != Device::CPU) r.grad_norm = std::numeric_limits<double>::quiet_NaN();
   r.lr = learning_rate(cfg_, step_);
-  AdamWConfig ac{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, cfg_.grad_clip};
-  optimizer_->step(r.lr, ac);
-  backend_->refresh_weights();  // bf16 compute copies on the GPU (no-op on CPU)
 
   // Loss: the last stage's sum over its replica, summed over DP, shared with every stage.
   double loss[1] = {groups_.grid.last_stage() ? loss_sum : 0.0};
   all_reduce_double(*groups_.dp, loss, 1);
   all_reduce_double(*groups_.pp, loss, 1);
   r.loss = loss[0] * double(scale);
+
+  // A non-finite loss or gradient norm on any rank: every rank skips the update (parameters,
+  // moments and the optimizer's step count stay as they are); the batch is consumed.
+  r.skipped = agree_step_is_bad(!std::isfinite(r.loss) || !std::isfinite(r.grad_norm));
+  if (!r.skipped) {
+    AdamWConfig ac{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, cfg_.grad_clip};
+    optimizer_->step(r.lr, ac);
+    backend_->refresh_weights();  // bf16 compute copies on the GPU (no-op on CPU)
+    bad_in_row_ = 0;
+    good_step_since_rollback_ = true;
+  } else {
+    ++skipped_steps_;
+    ++bad_in_row_;
+  }
   data_position_ += cfg_.global_batch(groups_.grid.dp);
   ++step_;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   losses_.push_back(r.loss);
   return r;
+}
+
+bool Trainer::agree_step_is_bad(bool bad_here) {
+  int64_t bad = bad_here ? 1 : 0;
+  const auto& mm = cfg_.inject_collective_mismatch;  // testing: {rank, step}
+  if (mm.size() == 2 && mm[0] == groups_.grid.world_rank && mm[1] == step_ + 1) {
+    groups_.world->barrier();  // where every other rank all-reduces: the job stalls here
+    return bad != 0;
+  }
+  all_reduce_int64(*groups_.world, &bad, 1, ReduceOp::Max);
+  return bad != 0;
+}
+
+bool Trainer::roll_back_if_diverging() {
+  if (cfg_.max_bad_steps <= 0 || bad_in_row_ < cfg_.max_bad_steps) return false;
+  std::string path;
+  run_collectively(*groups_.world, [&] { path = find_latest_checkpoint(cfg_.out_dir); });
+  const bool root = groups_.grid.world_rank == 0;
+  if (path.empty())
+    throw CollectiveError("the last " + std::to_string(bad_in_row_) + " steps (up to step " + std::to_string(step_) +
+                              ") had a non-finite loss or gradient norm and there is no checkpoint in " +
+                              cfg_.out_dir + "/checkpoints to roll back to (--max-bad-steps " +
+                              std::to_string(cfg_.max_bad_steps) + ")",
+                          kDivergedExitCode);
+  if (!good_step_since_rollback_)
+    throw CollectiveError("the loss or gradient norm stays non-finite after rolling back to " + path + " (" +
+                              std::to_string(bad_in_row_) + " skipped steps in a row, up to step " +
+                              std::to_string(step_) + "); lower --lr or check the data",
+                          kDivergedExitCode);
+  // The model goes back; the data does not: the samples since the checkpoint are skipped
+  // (what PaLM did after loss spikes), so the run does not replay the batches that failed.
+  const int64_t bad = bad_in_row_, at = step_, position = data_position_;
+  restore(path);
+  data_position_ = position;
+  bad_in_row_ = 0;
+  good_step_since_rollback_ = false;
+  ++rollbacks_;
+  if (root && !cfg_.quiet) {
+    std::printf("rolled back to %s (step %lld) after %lld non-finite steps in a row (up to step %lld); "
+                "data continues at sample %lld\n",
+                path.c_str(), static_cast<long long>(step_), static_cast<long long>(bad),
+                static_cast<long long>(at), static_cast<long long>(data_position_));
+    std::fflush(stdout);
+  }
+  return true;
 }
 
 double Trainer::evaluate() {
@@ -275,8 +356,18 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
   j["tokens_per_s"] = tps;
   j["ms_per_step"] = r.seconds * 1e3;
   if (val_loss) j["val_loss"] = *val_loss;
+  if (r.skipped) j["skipped"] = true;
+  if (skipped_steps_ > 0) j["skipped_steps"] = skipped_steps_;
   std::ofstream f(fs::path(cfg_.out_dir) / "metrics.jsonl", std::ios::app);
   f << j.dump() << "\n";
+  if (r.skipped) {  // always on the console, whatever --log-every and --quiet say
+    std::printf("step %6lld/%lld | loss %g | norm %g | non-finite: update skipped on every rank "
+                "(%lld in a row, %lld in this run)\n",
+                static_cast<long long>(step_), static_cast<long long>(cfg_.steps), r.loss, r.grad_norm,
+                static_cast<long long>(bad_in_row_), static_cast<long long>(skipped_steps_));
+    std::fflush(stdout);
+    return;
+  }
   if (!cfg_.quiet && (step_ % cfg_.log_every == 0 || val_loss || step_ == cfg_.steps)) {
     std::printf("step %6lld/%lld | loss %.4f | lr %.3e | norm %.3f | %.0f tok/s | %.1f ms | ETA %.0fs",
                 static_cast<long long>(step_), static_cast<long long>(cfg_.steps), r.loss, r.lr,
@@ -335,9 +426,11 @@ StopRequest Trainer::train(const std::function<StopRequest()>& stop_requested) {
       std::optional<double> val;
       if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) val = evaluate();
       log_step(r, val);
+      if (roll_back_if_diverging()) continue;
       if (stop_requested_ && step_ < last) stop = agree_stop();  // at the last step: done anyway
     }
-    bool periodic = cfg_.save_every > 0 && step_ % cfg_.save_every == 0;
+    // No periodic checkpoint in a run of skipped steps: a rollback goes back before it.
+    bool periodic = cfg_.save_every > 0 && step_ % cfg_.save_every == 0 && bad_in_row_ == 0;
     if (periodic || step_ == last || stop != StopRequest::None) {
       std::string dir = save();
       if (groups_.grid.world_rank == 0 && !cfg_.quiet) {

@@ -26,7 +26,12 @@ enum class StopRequest : int { None = 0, Requeue = 1, Stop = 2 };
 struct StepResult {
   double loss = 0, grad_norm = 0, seconds = 0;
   float lr = 0;
+  bool skipped = false;  // non-finite loss or gradient norm on some rank: no update anywhere
 };
+
+// Exit code of a run whose steps stay non-finite after a rollback (or with no checkpoint to
+// roll back to): CollectiveError raised on every rank together.
+constexpr int kDivergedExitCode = 3;
 
 class Trainer {
  public:
@@ -50,10 +55,18 @@ class Trainer {
 
   int64_t step() const { return step_; }
   ParamStore& store() { return store_; }
+  Optimizer& optimizer() { return *optimizer_; }
   const Optimizer& optimizer() const { return *optimizer_; }
   Gpt& model() { return *model_; }
   const TrainConfig& config() const { return cfg_; }
   const std::vector<double>& losses() const { return losses_; }
+  int64_t data_position() const { return data_position_; }
+  // After --max-bad-steps skipped steps in a row: rolls back to the latest checkpoint
+  // (collective; returns true) or throws CollectiveError(kDivergedExitCode) when there is
+  // none or the previous rollback was followed by no good step. train() calls it per step.
+  bool roll_back_if_diverging();
+  int64_t skipped_steps() const { return skipped_steps_; }
+  int64_t rollbacks() const { return rollbacks_; }
 
  private:
   void load_batch(int64_t position, DataLoader& loader, int microbatches,
@@ -64,6 +77,8 @@ class Trainer {
   void log_step(const StepResult& r, std::optional<double> val_loss);
   StopRequest agree_stop();  // collective over the world
   void poll_step();          // between schedule actions: DP reducer progress, mid-step stop
+  void restore(const std::string& path);  // collective: model, optimizer, step, data position
+  bool agree_step_is_bad(bool bad_here);  // collective over the world
 
   TrainConfig cfg_;
   ProcessGroups& groups_;
@@ -93,6 +108,10 @@ class Trainer {
   std::chrono::steady_clock::time_point run_start_;
   int64_t steps_this_run_ = 0;
   double seconds_this_run_ = 0;
+  // Non-finite steps (see train_step): skipped in total, in a row, rollbacks.
+  int64_t skipped_steps_ = 0, bad_in_row_ = 0, rollbacks_ = 0;
+  bool good_step_since_rollback_ = true;
+  std::vector<int> nan_injections_left_;  // --inject-nan-at-step, each used once
 };
 
 }  // namespace braid

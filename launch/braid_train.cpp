@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   // the ranks start up must not kill them (the loop sees the flag at its first agreement).
   // Only braid-train: the other programs keep the default actions (Ctrl-C ends them).
   braid::install_stop_signals();
+  braid::install_dump_signal();
   return braid::run_main(argc, argv, "braid-train", [](int ac, char** av) {
     using namespace braid;
     TrainConfig cfg;
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
     validate_train_config(cfg, world_size);
     ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.tp, cfg.pp);
     configure_rank(groups.grid, cfg.threads);
+    start_watchdog(groups, cfg.collective_timeout, cfg.out_dir + "/ledger");
     if (cfg.device == "cuda") cfg.local_device = local_gpu_index();
     install_stop_signals();
     std::string launch = describe_launch();

@@ -33,6 +33,18 @@ class InputError : public Error {
   explicit InputError(const std::string& msg) : Error("input", 1, msg) {}
 };
 
+// Not the user's input, but a verdict that every rank reached together (for instance a
+// run whose loss stays non-finite after a rollback): the entry point prints it on every
+// rank and exits with exit_code, without aborting the job.
+class CollectiveError : public Error {
+ public:
+  CollectiveError(const std::string& msg, int exit_code) : Error("braid", exit_code, msg), exit_code_(exit_code) {}
+  int exit_code() const { return exit_code_; }
+
+ private:
+  int exit_code_;
+};
+
 [[noreturn]] void throw_error(const char* library, long code, const char* expr,
                               const char* file, int line, const std::string& detail);
 

@@ -7,6 +7,7 @@
 #include "ops/device_memory.h"
 
 #include "parallel/communicator.h"
+#include "parallel/ledger_communicator.h"
 #include "parallel/mpi_check.h"
 
 namespace braid {
@@ -196,11 +197,13 @@ void MpiCommunicator::barrier() { BRAID_CHECK_MPI(MPI_Barrier(comm_)); }
 MPI_Comm control_comm(Communicator& group) { return group.control(); }
 
 void all_reduce_double(Communicator& group, double* x, int n) {
+  auto rec = record_host_call(group, "all_reduce_sum", n, "f64");
   if (group.size() == 1) return;
   BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, control_comm(group)));
 }
 
 void broadcast_string(Communicator& group, std::string& s, int root) {
+  auto rec = record_host_call(group, "broadcast_string", -1, "char");  // length known to the root only
   if (group.size() == 1) return;
   MPI_Comm c = control_comm(group);
   int64_t len = int64_t(s.size());
@@ -210,6 +213,7 @@ void broadcast_string(Communicator& group, std::string& s, int root) {
 }
 
 void all_reduce_int64(Communicator& group, int64_t* x, int n, ReduceOp op) {
+  auto rec = record_host_call(group, op == ReduceOp::Sum ? "all_reduce_sum" : "all_reduce_max", n, "i64");
   if (group.size() == 1) return;
   BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_INT64_T, mpi_op(op, DType::I32), control_comm(group)));
 }

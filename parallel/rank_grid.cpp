@@ -4,6 +4,7 @@
 
 #include <sstream>
 
+#include "parallel/ledger_communicator.h"
 #include "parallel/mpi_check.h"
 
 namespace braid {
@@ -63,6 +64,8 @@ ProcessGroups make_process_groups(MPI_Comm world, int tp, int pp) {
   g.in_embed_group = r.first_stage() || r.last_stage();
   g.embed = split(world, g.in_embed_group ? r.dp_rank * r.tp + r.tp_rank : MPI_UNDEFINED,
                   r.pp_rank, "embed");
+  g.ledger = std::make_shared<Ledger>(rank, size);
+  for (auto* c : {&g.world, &g.tp, &g.pp, &g.dp, &g.mp, &g.embed}) *c = wrap_with_ledger(std::move(*c), g.ledger, world);
   return g;
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "parallel/communicator.h"
+#include "parallel/ledger.h"
 
 namespace braid {
 
@@ -38,9 +39,12 @@ struct ProcessGroups {
   std::unique_ptr<Communicator> mp;     // same dp: all model-parallel shards (tp x pp) of one replica
   std::unique_ptr<Communicator> embed;  // same (tp, dp), first and last stage: tied embedding
   bool in_embed_group = false;
+  // This rank's collective ledger: every group above records its calls in it.
+  std::shared_ptr<Ledger> ledger;
 };
 
-// Builds the groups over `world` (collective over it). Call once at start-up.
+// Builds the groups over `world` (collective over it), each wrapped in a LedgerCommunicator
+// recording into one new Ledger. Call once at start-up.
 ProcessGroups make_process_groups(MPI_Comm world, int tp, int pp);
 
 }  // namespace braid

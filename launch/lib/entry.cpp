@@ -13,6 +13,7 @@
 #include "ops/check.h"
 #include "ops/device_memory.h"
 #include "ops/ops.h"
+#include "parallel/watchdog.h"
 
 namespace braid {
 
@@ -35,6 +36,22 @@ void install_stop_signals() {
 }
 
 int stop_signal_received() { return g_stop_signal.load(); }
+
+// Faults: the watchdog (owned here so that it outlives the body's unwinding and can
+// collect the ledgers on a fatal error) and SIGUSR2, which asks it for a ledger dump.
+namespace {
+std::shared_ptr<Watchdog> g_watchdog;
+void on_dump_signal(int) { request_ledger_dump(); }
+}  // namespace
+
+void install_dump_signal() { std::signal(SIGUSR2, on_dump_signal); }
+
+void start_watchdog(ProcessGroups& groups, double timeout_s, const std::string& dump_dir) {
+  Watchdog::Options opt;
+  opt.timeout_s = timeout_s;
+  opt.dump_dir = dump_dir;
+  g_watchdog = std::make_shared<Watchdog>(groups.ledger, control_comm(*groups.world), opt);
+}
 
 int local_gpu_index() {
 #ifndef BRAID_HAVE_CUDA
@@ -85,7 +102,9 @@ void configure_rank(const RankGrid& grid, int threads) {
 }
 
 int run_main(int argc, char** argv, const char* program, const std::function<int(int, char**)>& body) {
-  MPI_Init(&argc, &argv);
+  // The watchdog thread talks to other ranks while the main thread sits in a collective.
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -101,14 +120,29 @@ int run_main(int argc, char** argv, const char* program, const std::function<int
     // Raised collectively: every rank has the same message and reaches this point.
     std::fprintf(stderr, "%s %s: error: %s\n", error_prefix().c_str(), program, e.what());
     std::fflush(stderr);
+    g_watchdog.reset();
     MPI_Finalize();
     return kExitBadInput;
+  } catch (const CollectiveError& e) {
+    // Also reached by every rank together, with its own exit code.
+    std::fprintf(stderr, "%s %s: error: %s\n", error_prefix().c_str(), program, e.what());
+    std::fflush(stderr);
+    g_watchdog.reset();
+    MPI_Finalize();
+    return e.exit_code();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s %s: fatal: %s\n", error_prefix().c_str(), program, e.what());
     std::fflush(stderr);
+    if (g_watchdog) {  // every rank's ledger, before the job goes
+      std::vector<int> silent = g_watchdog->dump_all(std::string("fatal error: ") + e.what());
+      std::fprintf(stderr, "%s %s: ledgers written to %s (%zu rank(s) did not answer); braid-ledger reads them\n",
+                   error_prefix().c_str(), program, g_watchdog->options().dump_dir.c_str(), silent.size());
+      std::fflush(stderr);
+    }
     MPI_Abort(MPI_COMM_WORLD, kExitFatal);
     return kExitFatal;
   }
+  g_watchdog.reset();
   MPI_Finalize();
   return rc;
 }

@@ -22,6 +22,8 @@ void configure_rank(const RankGrid& grid, int threads);
 constexpr int kExitDone = 0;       // reached --steps or --stop-after
 constexpr int kExitFatal = 1;      // an internal or system error (the world is aborted)
 constexpr int kExitBadInput = 2;   // bad input, one message on every rank
+constexpr int kExitDiverged = 3;   // non-finite steps that a rollback could not cure (README, "Faults")
+constexpr int kExitWatchdog = 4;   // a collective or receive outlived --collective-timeout
 constexpr int kExitRequeue = 42;   // stopped on SIGUSR1: "checkpoint and come back" (requeue)
 constexpr int kExitStopped = 43;   // stopped on SIGTERM or SIGINT: "checkpoint and stop"
 
@@ -39,5 +41,13 @@ int local_gpu_index();
 // launcher variables (under mpirun inside sbatch every rank sees SLURM_PROCID=0); Slurm's
 // SLURM_JOB_ID and SLURM_RESTART_COUNT (unset = 0) are named when present.
 std::string describe_launch();
+
+// Fault handling (parallel/watchdog.h): starts this rank's watchdog over the groups' ledger
+// (collective over the world). timeout_s <= 0 disables the timeout; ledgers are dumped to
+// dump_dir on a timeout, on a fatal error (run_main asks every rank for its ledger before
+// MPI_Abort) and on SIGUSR2. It lives until run_main returns.
+void start_watchdog(ProcessGroups& groups, double timeout_s, const std::string& dump_dir);
+// SIGUSR2 asks the watchdog for a ledger dump (braid-train installs it before MPI_Init).
+void install_dump_signal();
 
 }  // namespace braid

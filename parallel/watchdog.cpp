@@ -1,0 +1,170 @@
+#include "parallel/watchdog.h"
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include "ops/check.h"
+#include "parallel/mpi_check.h"
+
+namespace braid {
+
+namespace {
+std::atomic<bool> g_dump_requested{false};
+constexpr int kTagDumpRequest = 7101, kTagDumpAnswer = 7102;
+constexpr int kReasonBytes = 256;
+std::array<char, kReasonBytes> g_request_buf{};  // outgoing reason (lives until the abort)
+int g_answer_buf = 0;                            // outgoing answer: this rank
+}  // namespace
+
+void request_ledger_dump() { g_dump_requested.store(true); }
+
+Watchdog::Watchdog(std::shared_ptr<Ledger> ledger, MPI_Comm world, Options opt)
+    : ledger_(std::move(ledger)), opt_(std::move(opt)) {
+  BRAID_CHECK_MPI(MPI_Comm_dup(world, &comm_));
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);  // a dead peer must not abort us here
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  cross_rank_ = level == MPI_THREAD_MULTIPLE;
+  g_answer_buf = rank_;
+  thread_ = std::thread([this] { loop(); });
+}
+
+Watchdog::~Watchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void Watchdog::dump_local(const std::string& reason) noexcept {
+  if (opt_.dump_dir.empty()) return;
+  std::lock_guard<std::mutex> lock(dump_mu_);
+  try {
+    ledger_->dump(opt_.dump_dir, reason);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s watchdog: %s\n", error_prefix().c_str(), e.what());
+  }
+}
+
+void Watchdog::serve_requests() {
+  if (!cross_rank_) return;
+  for (;;) {
+    // Matched probe: the two threads may both serve; each message is received once.
+    int flag = 0;
+    MPI_Message msg;
+    MPI_Status st;
+    if (MPI_Improbe(MPI_ANY_SOURCE, kTagDumpRequest, comm_, &flag, &msg, &st) != MPI_SUCCESS || !flag) return;
+    std::array<char, kReasonBytes> reason{};
+    if (MPI_Mrecv(reason.data(), kReasonBytes, MPI_CHAR, &msg, MPI_STATUS_IGNORE) != MPI_SUCCESS) return;
+    reason[kReasonBytes - 1] = 0;
+    dump_local("dump requested by rank " + std::to_string(st.MPI_SOURCE) + ": " + reason.data());
+    MPI_Request req;
+    if (MPI_Isend(&g_answer_buf, 1, MPI_INT, st.MPI_SOURCE, kTagDumpAnswer, comm_, &req) == MPI_SUCCESS)
+      MPI_Request_free(&req);
+  }
+}
+
+std::vector<int> Watchdog::dump_all(const std::string& reason) {
+  std::vector<int> silent;
+  dump_local(reason);
+  if (!cross_rank_) {
+    for (int r = 0; r < size_; ++r)
+      if (r != rank_) silent.push_back(r);
+    return silent;
+  }
+  std::snprintf(g_request_buf.data(), kReasonBytes, "%s", reason.c_str());
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    MPI_Request req;
+    // Never waited for: a dead rank must not hold us up.
+    if (MPI_Isend(g_request_buf.data(), kReasonBytes, MPI_CHAR, r, kTagDumpRequest, comm_, &req) == MPI_SUCCESS)
+      MPI_Request_free(&req);
+  }
+  std::vector<bool> answered(size_t(size_), false);
+  answered[size_t(rank_)] = true;
+  int missing = size_ - 1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(opt_.grace_s);
+  while (missing > 0 && std::chrono::steady_clock::now() < deadline) {
+    serve_requests();  // another rank may be collecting at the same time
+    int flag = 0;
+    MPI_Message msg;
+    MPI_Status st;
+    if (MPI_Improbe(MPI_ANY_SOURCE, kTagDumpAnswer, comm_, &flag, &msg, &st) == MPI_SUCCESS && flag) {
+      int who = -1;
+      MPI_Mrecv(&who, 1, MPI_INT, &msg, MPI_STATUS_IGNORE);
+      if (who >= 0 && who < size_ && !answered[size_t(who)]) {
+        answered[size_t(who)] = true;
+        --missing;
+      }
+      continue;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  for (int r = 0; r < size_; ++r)
+    if (!answered[size_t(r)]) silent.push_back(r);
+  return silent;
+}
+
+void Watchdog::fire(const Ledger::Blocked& b) {
+  const std::string call = ledger_->describe(b.entry);
+  char secs[32];
+  std::snprintf(secs, sizeof(secs), "%.1f", b.seconds);
+  std::ostringstream head;
+  head << "collective timeout on rank " << ledger_->world_rank() << ": blocked " << secs << " s (--collective-timeout "
+       << opt_.timeout_s << ") in " << call;
+  std::fprintf(stderr, "%s watchdog: %s; collecting the ranks' ledgers (up to %.0f s)\n", error_prefix().c_str(),
+               head.str().c_str(), opt_.grace_s);
+  std::fflush(stderr);
+  std::vector<int> silent = dump_all(head.str());
+  std::ostringstream os;
+  os << head.str() << ". ";
+  if (silent.empty()) {
+    os << "Every rank answered";
+  } else {
+    os << "Rank" << (silent.size() > 1 ? "s " : " ");
+    for (size_t i = 0; i < silent.size(); ++i) os << (i ? "," : "") << silent[i];
+    os << (silent.size() > 1 ? " do" : " does") << " not answer (lost: killed, crashed or frozen)";
+  }
+  if (!opt_.dump_dir.empty())
+    os << "; ledgers in " << opt_.dump_dir << " (braid-ledger " << opt_.dump_dir << " names the call where the ranks"
+       << " diverged or stalled)";
+  os << ". Aborting the job with exit code " << kWatchdogExitCode << ".";
+  std::fprintf(stderr, "%s watchdog: %s\n", error_prefix().c_str(), os.str().c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, kWatchdogExitCode);
+  std::abort();  // MPI_Abort does not return
+}
+
+void Watchdog::loop() {
+  // Poll often enough that the timeout is met within a tenth of it (at most 100 ms late).
+  const double poll_s = opt_.timeout_s > 0 ? std::min(0.1, opt_.timeout_s / 10) : 0.1;
+  const auto poll = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(poll_s));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!cv_.wait_for(lock, poll, [this] { return stop_; })) {
+    lock.unlock();
+    if (g_dump_requested.exchange(false)) {
+      dump_local("SIGUSR2");
+      std::fprintf(stderr, "%s watchdog: ledger dumped to %s/rank-%d.json (SIGUSR2)\n", error_prefix().c_str(),
+                   opt_.dump_dir.c_str(), ledger_->world_rank());
+      std::fflush(stderr);
+    }
+    serve_requests();
+    if (opt_.timeout_s > 0) {
+      Ledger::Blocked b = ledger_->blocked();
+      if (b.any && b.seconds > opt_.timeout_s) fire(b);
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace braid
