@@ -1,12 +1,13 @@
-// Timings of Braid's CUDA kernels at GPT-2 124M shapes (B*T = 16384 rows, C = 768, NH = 12,
-// HS = 64, T = 1024, V = 50304) on one GPU: the GEMMs through cuBLASLt, causal attention
+// Timings of Braid's CUDA kernels at GPT-2 shapes on one GPU: 124M (B = 16, T = 1024,
+// C = 768, NH = 12, HS = 64, V = 50304) or 1.5B (B = 8, C = 1600, NH = 25): the GEMMs through cuBLASLt, causal attention
 // (Braid's flash kernels and cuDNN's), and the memory-bound kernels. Inputs are random (never
 // zeros: zeros run faster than real data). Each case: 3 warm-up launches, then 20 timed
 // with CUDA events one by one; the median is reported, with TFLOP/s and the fraction of the
 // bf16 matrix peak measured on this workplace's H200 (about 790 TFLOP/s), or GB/s for the
-// memory-bound kernels (bytes counted: each input read once, each output written once).
+// memory-bound kernels (bytes counted: each input read once, each output written once),
+// also as a fraction of a device-to-device copy measured first (the bandwidth ceiling).
 //
-// Usage: bench_kernels [--no-cudnn]
+// Usage: bench_kernels [--shape 124m|1.5b] [--no-cudnn]
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -25,6 +26,7 @@ using namespace braid::cuda;
 namespace {
 
 constexpr double kPeakTflops = 790.0;
+double g_copy_gbs = 0;  // measured device-to-device copy bandwidth (read + write), GB/s
 
 __global__ void fill_kernel(bf16* x, int64_t n, uint32_t seed, float scale) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -83,20 +85,50 @@ void report_flops(const std::string& name, double ms, double flops) {
               100.0 * tflops / kPeakTflops);
 }
 void report_bytes(const std::string& name, double ms, double bytes) {
-  std::printf("%-44s %9.3f ms %8.1f GB/s\n", name.c_str(), ms, bytes / (ms * 1e-3) / 1e9);
+  const double gbs = bytes / (ms * 1e-3) / 1e9;
+  std::printf("%-44s %9.3f ms %8.1f GB/s  %5.1f%% of copy\n", name.c_str(), ms, gbs,
+              g_copy_gbs > 0 ? 100.0 * gbs / g_copy_gbs : 0.0);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool use_cudnn = !(argc > 1 && std::strcmp(argv[1], "--no-cudnn") == 0);
+  bool use_cudnn = true;
+  std::string shape = "124m";
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--no-cudnn") == 0) use_cudnn = false;
+    else if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc) shape = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: bench_kernels [--shape 124m|1.5b] [--no-cudnn]\n");
+      return 2;
+    }
+  }
+  if (shape != "124m" && shape != "1.5b") {
+    std::fprintf(stderr, "bench_kernels: --shape must be 124m or 1.5b\n");
+    return 2;
+  }
   try {
     CudaContext ctx(0);
     cudaStream_t st = ctx.compute_stream();
     const GemmHandle gemm = ctx.gemm();
     std::printf("device: %s, %d SMs\n", ctx.properties().name, ctx.properties().multiProcessorCount);
-    const int B = 16, T = 1024, C = 768, NH = 12, HS = 64, V = 50304;
+    const bool big = shape == "1.5b";
+    const int B = big ? 8 : 16, T = 1024, C = big ? 1600 : 768, NH = big ? 25 : 12, HS = 64, V = 50304;
+    const int L = big ? 48 : 12;
     const int64_t N = int64_t(B) * T;
+    std::printf("shape: GPT-2 %s, B=%d T=%d C=%d NH=%d HS=%d V=%d\n", shape.c_str(), B, T, C, NH, HS, V);
+    {  // the ceiling of the memory-bound kernels: a 2 GiB device-to-device copy
+      const size_t bytes = size_t(1) << 31;
+      void* src = device_alloc(bytes);
+      void* dst = device_alloc(bytes);
+      BRAID_CHECK_CUDA(cudaMemsetAsync(src, 1, bytes, st));
+      const double ms = median_ms([&] { BRAID_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st)); }, st);
+      g_copy_gbs = 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
+      std::printf("%-44s %9.3f ms %8.1f GB/s (read + write): the memory-bound ceiling\n", "device copy 2 GiB", ms,
+                  g_copy_gbs);
+      device_free(src);
+      device_free(dst);
+    }
 
     // ---- GEMMs: forward, dinp and dw of each linear layer of a block, and the LM head.
     struct Linear {
@@ -104,11 +136,11 @@ int main(int argc, char** argv) {
       int IC, OC;
       bool gelu;
     };
-    for (const Linear l : {Linear{"qkv    768->2304", C, 3 * C, false},
-                           Linear{"attn_proj 768->768", C, C, false},
-                           Linear{"fc     768->3072 +gelu", C, 4 * C, true},
-                           Linear{"fc_proj 3072->768", 4 * C, C, false},
-                           Linear{"lm_head 768->50304", C, V, false}}) {
+    for (const Linear l : {Linear{"qkv C->3C", C, 3 * C, false},
+                           Linear{"attn_proj C->C", C, C, false},
+                           Linear{"fc C->4C +gelu", C, 4 * C, true},
+                           Linear{"fc_proj 4C->C", 4 * C, C, false},
+                           Linear{"lm_head C->V", C, V, false}}) {
       bf16* inp = random_bf16(N * l.IC, 1);
       bf16* w = random_bf16(int64_t(l.OC) * l.IC, 2, 0.1f);
       float* bias = l.OC == V ? nullptr : random_f32(l.OC, 3);
@@ -136,7 +168,7 @@ int main(int argc, char** argv) {
         device_free(p);
     }
 
-    // ---- Attention, B=16 T=1024 NH=12 HS=64; causal flops: half of the full products.
+    // ---- Attention (B, T, NH, HS of the shape); causal flops: half of the full products.
     {
       bf16* qkv = random_bf16(N * 3 * C, 8);
       bf16* out = random_bf16(N * C, 9);
@@ -195,13 +227,13 @@ int main(int argc, char** argv) {
                    4 * act);
       bf16* h = random_bf16(N * 4 * C, 23);
       bf16* g = random_bf16(N * 4 * C, 24);
-      report_bytes("gelu fwd (N x 3072)",
+      report_bytes("gelu fwd (N x 4C)",
                    median_ms([&] { gelu_forward(g, h, N * 4 * C, st); }, st), 8 * act);
-      report_bytes("gelu bwd in place (N x 3072)",
+      report_bytes("gelu bwd in place (N x 4C)",
                    median_ms([&] { gelu_backward(g, h, g, N * 4 * C, false, st); }, st), 12 * act);
       float* dbias = random_f32(4 * C, 33);
       void* bscratch = device_alloc(bias_backward_scratch_bytes(N, 4 * C));
-      report_bytes("bias grad (N x 3072)",
+      report_bytes("bias grad (N x 4C)",
                    median_ms([&] { bias_backward(dbias, bscratch, g, N, 4 * C, st); }, st),
                    4 * act);
       device_free(dbias);
@@ -229,7 +261,8 @@ int main(int argc, char** argv) {
       for (void* p : {(void*)logits, (void*)targets, (void*)mx, (void*)sum}) device_free(p);
     }
     {
-      const int64_t P = 124475904;  // GPT-2 124M parameters
+      // Every parameter of the model (vocabulary padded, tied embedding once).
+      const int64_t P = int64_t(V) * C + int64_t(T) * C + int64_t(L) * (12LL * C * C + 13LL * C) + 2LL * C;
       float* p = random_f32(P, 28), *gr = random_f32(P, 29), *m = random_f32(P, 30);
       float* v = random_f32(P, 31, 0.01f, 0.01f);
       bf16* pb = random_bf16(P, 32);
@@ -237,13 +270,13 @@ int main(int argc, char** argv) {
       ParamSegment* d_seg = static_cast<ParamSegment*>(device_alloc(sizeof(seg)));
       device_copy(d_seg, true, &seg, false, sizeof(seg));
       const AdamWConfig cfg{1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 10};
-      report_bytes("adamw (124M params, + bf16 copy)",
+      report_bytes("adamw (all params, + bf16 copy)",
                    median_ms([&] { adamw_update(p, pb, gr, m, v, d_seg, 1, P, cfg, nullptr, st); },
                              st),
                    double(P) * (4 * 4 + 3 * 4 + 2));
       double* out = static_cast<double*>(device_alloc(sizeof(double)));
       void* scratch = device_alloc(sum_squares_scratch_bytes(P));
-      report_bytes("grad sum of squares (124M)",
+      report_bytes("grad sum of squares (all params)",
                    median_ms([&] { sum_squares(out, scratch, gr, d_seg, 1, P, st); }, st),
                    double(P) * 4);
       for (void* q : {(void*)p, (void*)gr, (void*)m, (void*)v, (void*)pb, (void*)d_seg,
