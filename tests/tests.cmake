@@ -3,6 +3,7 @@
 braid_test(test_schedule 60)
 braid_test(test_tokenizer 120)
 braid_test(test_dataset 120)
+braid_test(test_checkpoint_format 60)
 braid_mpi_test(test_layouts 8 900)
 braid_mpi_test(test_reshard 8 900)
 braid_test(test_ops_cpu 60)
