@@ -533,7 +533,7 @@ CheckpointState load_checkpoint(const std::string& dir, ParamStore& store, Optim
       const int64_t in_manifest = key[0] == 's' ? man.step : man.data_position;
       BRAID_REQUIRE(in_file == in_manifest, "checkpoint " << dir << " is inconsistent: model.h5 has " << key
                                                           << " " << in_file << " but manifest.json has "
-                                                          << in_manifest << " (the files do not belong together)");
+                                                          << key << " " << in_manifest << " (the files do not belong together)");
     }
     validate_stored_tensors(list, inspect_model_file(f.get(), list), file_bytes, man, file);
     man_text = man.json.dump();
