@@ -186,8 +186,11 @@ void rank0_collective(Communicator& world, const std::function<void()>& fn) {
   if (!err.empty()) throw InputError(err);
 }
 
-// Test hook: BRAID_FAULT_KILL_DURING_SAVE=STEP kills every rank with SIGKILL in the
-// middle of writing that step's checkpoint (tests of crash consistency).
+// Test hooks (crash consistency and full disks):
+//   BRAID_FAULT_KILL_DURING_SAVE=STEP  every rank SIGKILLs itself while writing that step's
+//                                      checkpoint, after its raw data and before the close;
+//   BRAID_TEST_SKIP_SPACE_CHECK=1      no free-space check before a save, so that a full
+//                                      disk makes a write fail mid-way.
 void maybe_die_during_save(int64_t step) {
   const char* v = std::getenv("BRAID_FAULT_KILL_DURING_SAVE");
   if (v != nullptr && std::atoll(v) == step) std::raise(SIGKILL);
@@ -206,80 +209,95 @@ void remove_partial_checkpoints(const fs::path& root) {
   }
 }
 
-// Writes model.h5 collectively. Returns this rank's error ("" on success); every rank
-// makes the same collective HDF5 calls whatever its own writes did.
+// Writes model.h5 collectively and returns the agreed error ("" on success). Every rank
+// makes the same collective HDF5 calls whatever its own writes did: errors are agreed on
+// before the collective flush and again before the close.
 std::string write_model_file(const std::string& file, const CheckpointState& state,
                              const std::vector<std::pair<std::string, Shape>>& list,
                              const std::vector<uint32_t>& crc, ParamStore& store, const float* values,
                              const float* m_flat, const float* v_flat, const RankGrid& grid,
-                             Communicator& world) {
+                             Communicator& world, const fs::path& reserve) {
   QuietHdf5Errors quiet;
   H5Handle fapl(make_checksummed_fapl(), H5Pclose);
   BRAID_CHECK_H5(H5Pset_fapl_mpio(fapl.get(), control_comm(world), MPI_INFO_NULL));
-  hid_t f = H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
-  if (f < 0) return "cannot create " + file + ": " + hdf5_error_detail();
-  std::string err;
+  const hid_t f = H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
+  std::string err = f < 0 ? "cannot create " + file + ": " + hdf5_error_detail() : "";
   std::map<std::string, H5Handle> dsets;
-  try {
-    // Metadata (attributes, groups, datasets) is created identically on every rank.
-    const int64_t ints[5] = {kCheckpointFormatVersion, state.step, state.data_position,
-                             int64_t(state.seed), state.optimizer_steps};
-    const char* int_names[5] = {"format_version", "step", "data_position", "seed", "optimizer_steps"};
-    for (int i = 0; i < 5; ++i) write_attr(f, int_names[i], H5T_STD_I64LE, H5T_NATIVE_INT64, &ints[i]);
-    write_attr_str(f, "config", state.config.dump());
-    const size_t n = list.size();
-    for (int g = 0; g < 3; ++g) {
-      H5Handle gid(BRAID_CHECK_H5(H5Gcreate2(f, kCheckpointGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
-                   H5Gclose);
-      for (size_t i = 0; i < n; ++i) {
-        H5Handle sp = make_space(list[i].second);
-        H5Handle d(BRAID_CHECK_H5(H5Dcreate2(gid.get(), list[i].first.c_str(), H5T_IEEE_F32LE, sp.get(),
-                                             H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
-                   H5Dclose);
-        write_attr(d.get(), "crc32", H5T_STD_U32LE, H5T_NATIVE_UINT32, &crc[g * n + i]);
-        dsets[dataset_path(g, list[i].first)] = std::move(d);
+  if (f >= 0) {
+    try {
+      // Metadata (attributes, groups, datasets) is created identically on every rank.
+      const int64_t ints[5] = {kCheckpointFormatVersion, state.step, state.data_position,
+                               int64_t(state.seed), state.optimizer_steps};
+      const char* int_names[5] = {"format_version", "step", "data_position", "seed", "optimizer_steps"};
+      for (int i = 0; i < 5; ++i) write_attr(f, int_names[i], H5T_STD_I64LE, H5T_NATIVE_INT64, &ints[i]);
+      write_attr_str(f, "config", state.config.dump());
+      const size_t n = list.size();
+      for (int g = 0; g < 3; ++g) {
+        H5Handle gid(BRAID_CHECK_H5(H5Gcreate2(f, kCheckpointGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
+                     H5Gclose);
+        for (size_t i = 0; i < n; ++i) {
+          H5Handle sp = make_space(list[i].second);
+          H5Handle d(BRAID_CHECK_H5(H5Dcreate2(gid.get(), list[i].first.c_str(), H5T_IEEE_F32LE, sp.get(),
+                                               H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
+                     H5Dclose);
+          write_attr(d.get(), "crc32", H5T_STD_U32LE, H5T_NATIVE_UINT32, &crc[g * n + i]);
+          dsets[dataset_path(g, list[i].first)] = std::move(d);
+        }
       }
+    } catch (const std::exception& e) {
+      err = "creating the datasets of " + file + " failed: " + e.what();
     }
-  } catch (const std::exception& e) {
-    err = "creating the datasets of " + file + " failed: " + e.what();
   }
-  // Raw data: independent writes of the slices this rank owns. Nothing may escape between
-  // the collective create and the collective close.
-  try {
-    for (const Param& p : store.params()) {
-      if (!err.empty() || grid.dp_rank != 0) break;
-      if (!holds_canonical_slice(p.spec, grid)) continue;
-      const float* srcs[3] = {values + p.flat_offset, m_flat + p.flat_offset, v_flat + p.flat_offset};
-      for (int g = 0; g < 3 && err.empty(); ++g) {
-        const std::string ds = dataset_path(g, p.spec.name);
-        hid_t d = dsets.at(ds).get();
-        H5Handle mem = make_space(p.spec.local_shape());
-        H5Handle fsp(BRAID_CHECK_H5(H5Dget_space(d)), H5Sclose);
-        if (select_slice(p.spec, mem.get(), fsp.get()) &&
-            H5Dwrite(d, H5T_NATIVE_FLOAT, mem.get(), fsp.get(), H5P_DEFAULT, srcs[g]) < 0)
-          err = "writing " + ds + " to " + file + " failed: " + hdf5_error_detail();
+  // The metadata goes to disk before any raw data, into the room reserved for it at the
+  // start of the save (released just now): a write that fails later (disk full, quota)
+  // then leaves HDF5 only metadata to rewrite in place when the file is closed. (A close
+  // that fails for want of space leaves HDF5 1.10 half torn down: it crashes at exit, and
+  // a metadata write failing on one rank can stall the others inside HDF5.)
+  if (world.rank() == 0) ::unlink(reserve.c_str());
+  err = first_error(world, err);
+  if (f >= 0 && err.empty() && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0)
+    err = "writing the metadata of " + file + " failed: " + hdf5_error_detail();
+  err = first_error(world, err);
+  if (f >= 0 && err.empty()) {
+    // Raw data: independent writes of the slices this rank owns.
+    try {
+      for (const Param& p : store.params()) {
+        if (!err.empty() || grid.dp_rank != 0) break;
+        if (!holds_canonical_slice(p.spec, grid)) continue;
+        const float* srcs[3] = {values + p.flat_offset, m_flat + p.flat_offset, v_flat + p.flat_offset};
+        for (int g = 0; g < 3 && err.empty(); ++g) {
+          const std::string ds = dataset_path(g, p.spec.name);
+          hid_t d = dsets.at(ds).get();
+          H5Handle mem = make_space(p.spec.local_shape());
+          H5Handle fsp(BRAID_CHECK_H5(H5Dget_space(d)), H5Sclose);
+          if (select_slice(p.spec, mem.get(), fsp.get()) &&
+              H5Dwrite(d, H5T_NATIVE_FLOAT, mem.get(), fsp.get(), H5P_DEFAULT, srcs[g]) < 0)
+            err = "writing " + ds + " to " + file + " failed: " + hdf5_error_detail();
+        }
       }
+    } catch (const std::exception& e) {
+      err = "writing " + file + " failed: " + e.what();
     }
-  } catch (const std::exception& e) {
-    err = "writing " + file + " failed: " + e.what();
   }
   maybe_die_during_save(state.step);
   dsets.clear();
-  // Collective on every rank: flush (MPI_File_sync, so every node's writes reach the disk)
-  // and close.
-  if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0 && err.empty())
+  err = first_error(world, err);
+  // Flush: MPI_File_sync on every rank, so every node's writes reach the disk.
+  if (f >= 0 && err.empty() && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0)
     err = "flushing " + file + " failed: " + hdf5_error_detail();
-  if (H5Fclose(f) < 0 && err.empty()) err = "closing " + file + " failed: " + hdf5_error_detail();
+  err = first_error(world, err);
+  if (f >= 0 && H5Fclose(f) < 0 && err.empty()) err = "closing " + file + " failed: " + hdf5_error_detail();
   return err;
 }
 
 // The message every rank reports when a save fails; removes the partial directory (rank 0).
 std::string save_failure(const fs::path& root, const fs::path& tmp, const std::string& name,
                          const std::string& error, int64_t checkpoint_bytes) {
+  const int64_t free = free_bytes(root);  // before the partial checkpoint is removed
+  const bool partial = fs::exists(tmp);
   std::error_code ec;
   fs::remove_all(tmp, ec);
   std::string msg = "saving checkpoint " + name + " in " + root.string() + " failed: " + error;
-  const int64_t free = free_bytes(root);
   if (free >= 0) {
     msg += " (" + std::to_string(free) + " bytes free on that file system";
     if (free < checkpoint_bytes)
@@ -289,7 +307,8 @@ std::string save_failure(const fs::path& root, const fs::path& tmp, const std::s
   std::string previous;
   std::ifstream latest(root / "latest");
   std::getline(latest, previous);
-  msg += ec ? "; the partial checkpoint " + tmp.string() + " could not be removed" : "; the partial checkpoint was removed";
+  if (partial)
+    msg += ec ? "; the partial checkpoint " + tmp.string() + " could not be removed" : "; the partial checkpoint was removed";
   msg += previous.empty() ? ", and there is no earlier checkpoint" : "; the previous checkpoint (" + previous + ") is intact";
   return msg;
 }
@@ -305,11 +324,36 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointState& s
   const std::string name = checkpoint_dir_name(state.step);
   const fs::path tmp = root / (name + ".tmp");
   const fs::path final_dir = root / name;
+  const auto list = full_param_list(model);
+  const size_t n = list.size();
+  // A generous bound of HDF5's metadata (about 400 bytes per dataset are written).
+  const int64_t metadata_bytes = (int64_t{64} << 10) + 3 * int64_t(n) * 1024;
+  int64_t checkpoint_bytes = metadata_bytes;
+  for (const auto& [pname, shape] : list) checkpoint_bytes += 3 * shape_numel(shape) * int64_t(sizeof(float));
+  const fs::path reserve = tmp / ".metadata_reserve";
+  std::string space_error;
   rank0_collective(world, [&] {
     fs::create_directories(root);
     remove_partial_checkpoints(root);  // what a crash in an earlier save left
+    // Refuse before writing when the disk cannot hold the checkpoint (quotas are not
+    // visible here: a write that fails later is handled in write_model_file).
+    const int64_t free = free_bytes(root);
+    if (free >= 0 && free < checkpoint_bytes && std::getenv("BRAID_TEST_SKIP_SPACE_CHECK") == nullptr) {
+      space_error = save_failure(root, tmp, name, "not enough free space, nothing was written", checkpoint_bytes);
+      return;
+    }
     fs::create_directories(tmp);
+    // Room for the metadata, allocated now (quotas count it) and released just before the
+    // metadata is written. File systems without fallocate get no reservation.
+    const int fd = ::open(reserve.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    const int rc = fd >= 0 ? ::posix_fallocate(fd, 0, metadata_bytes) : errno;
+    if (fd >= 0) ::close(fd);
+    if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL && rc != ENOSYS)
+      space_error = save_failure(root, tmp, name, "cannot reserve room for the metadata (" + errno_text(rc) +
+                                                      "), nothing was written", checkpoint_bytes);
   });
+  broadcast_string(world, space_error, 0);
+  if (!space_error.empty()) throw InputError(space_error);
 
   // Collective: complete moments on every replica (ZeRO-1 all-gathers its shards).
   std::vector<float> m_flat, v_flat;
@@ -317,8 +361,6 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointState& s
   Tensor host = store.host_values();  // device parameters are written from a host copy
 
   // Checksums: each writer's share of every tensor's crc32, XOR-combined over the world.
-  const auto list = full_param_list(model);
-  const size_t n = list.size();
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < n; ++i) index[list[i].first] = i;
   std::vector<uint32_t> crc(3 * n, 0);
@@ -339,19 +381,18 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointState& s
   BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, crc.data(), int(crc.size()), MPI_UINT32_T, MPI_BXOR,
                                 control_comm(world)));
   all_reduce_int64(world, covered.data(), int(covered.size()));
-  int64_t checkpoint_bytes = 0;
   for (size_t k = 0; k < 3 * n; ++k) {
     // The XOR combination is the tensor's crc32 only if the written slices tile it.
     BRAID_CHECK(covered[k] == shape_numel(list[k % n].second),
                 "the saved slices of " << list[k % n].first << " cover " << covered[k] << " of "
                                        << shape_numel(list[k % n].second) << " elements");
-    checkpoint_bytes += covered[k] * int64_t(sizeof(float));
   }
 
   const std::string file = (tmp / "model.h5").string();
   std::string err;
   try {
-    err = write_model_file(file, state, list, crc, store, host.f32(), m_flat.data(), v_flat.data(), grid, world);
+    err = write_model_file(file, state, list, crc, store, host.f32(), m_flat.data(), v_flat.data(), grid, world,
+                           reserve);
   } catch (const std::exception& e) {
     err = e.what();
   }

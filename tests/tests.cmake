@@ -22,3 +22,13 @@ set_tests_properties(test_layouts_cuda_np8 PROPERTIES TIMEOUT 900 LABELS "mpi;cu
                      ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda")
 braid_mpi_test(test_rank_grid 8 120)
 braid_mpi_test(test_cuda_training 2 300 cuda)
+# Bad-input cases (tests/launch/test_bad_inputs.sh CASE), one ctest each: bad_input_<case>.
+set(BRAID_BAD_INPUT_CASES
+    missing_data dataset_missing_split dataset_truncated dataset_bitflip dataset_larger_vocab
+    world_not_divisible heads_vs_tp layers_vs_pp interleave_few_microbatches
+    bad_flag_value unknown_flag unknown_config_key missing_config
+    contradictory_stop_after contradictory_virtual_stages contradictory_device
+    unwritable_output readonly_output
+    checkpoint_missing checkpoint_no_manifest checkpoint_truncated checkpoint_bitflip_data
+    checkpoint_bitflip_metadata checkpoint_other_model checkpoint_forged_manifest latest_pointer_escape
+    interrupted_save killed_during_save disk_full)
