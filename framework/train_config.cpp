@@ -88,8 +88,20 @@ po::options_description train_options(TrainConfig& c) {
   return d;
 }
 
+namespace {
+// Boost.Program_options formats its error messages by replacing placeholders such as
+// %value% until none is left; a value that itself contains one never ends that loop (found
+// by fuzzing). Such text is refused before the parser sees it.
+void refuse_parser_placeholders(const std::string& text, const std::string& where) {
+  for (const char* token : {"%option%", "%value%", "%prefix_option%", "%original_token%", "%canonical_option%"})
+    BRAID_REQUIRE(text.find(token) == std::string::npos,
+                  where << " contains '" << token << "', which braid-train does not accept in options");
+}
+}  // namespace
+
 bool parse_train_config(const std::vector<std::string>& args, TrainConfig& cfg,
                         const std::function<std::string(const std::string&)>& read_config_file) {
+  for (size_t i = 0; i < args.size(); ++i) refuse_parser_placeholders(args[i], "argument " + std::to_string(i + 1));
   auto desc = train_options(cfg);
   po::variables_map vm;
   try {
@@ -109,7 +121,9 @@ bool parse_train_config(const std::vector<std::string>& args, TrainConfig& cfg,
     }
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
-      std::istringstream text(read_config_file(path));
+      const std::string config_text = read_config_file(path);
+      refuse_parser_placeholders(config_text, "config file " + path);
+      std::istringstream text(config_text);
       po::store(po::parse_config_file(text, desc), vm);  // first stored value wins: CLI overrides
     }
     po::notify(vm);
@@ -157,7 +171,7 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.virtual_stages >= 1, "--virtual-stages must be >= 1 (got " << c.virtual_stages << ")");
   BRAID_REQUIRE(int64_t(c.tp) * c.pp <= world_size && world_size % (c.tp * c.pp) == 0,
                 "the world of " << world_size << " ranks is not divisible by --tp " << c.tp
-                                << " x --pp " << c.pp << "; launch a multiple of " << c.tp * c.pp << " ranks");
+                                << " x --pp " << c.pp << "; launch a multiple of " << int64_t(c.tp) * c.pp << " ranks");
   BRAID_REQUIRE(c.model.seq_len >= 1, "--seq-len must be >= 1");
   BRAID_REQUIRE(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda (got '" << c.device << "')");
   BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");

@@ -32,3 +32,6 @@ set(BRAID_BAD_INPUT_CASES
     checkpoint_missing checkpoint_no_manifest checkpoint_truncated checkpoint_bitflip_data
     checkpoint_bitflip_metadata checkpoint_other_model checkpoint_forged_manifest latest_pointer_escape
     interrupted_save killed_during_save disk_full)
+# libFuzzer targets (tests/fuzz) and the seconds each runs in the suite: target:seconds.
+set(BRAID_FUZZ_TARGETS
+    fuzz_train_config:20 fuzz_checkpoint_manifest:20 fuzz_checkpoint_tensors:15 fuzz_shard_header:15 fuzz_gpt2_vocab:20)
