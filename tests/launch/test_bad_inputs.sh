@@ -106,6 +106,9 @@ case_unknown_config_key() {
   printf 'steps = 4\nbogus = 1\n' >"$WORK/run.ini"
   expect_error $CASE 2 "unrecognised option 'bogus'" --config "$WORK/run.ini" --data "$DATA" --out "$WORK/o" $M
 }
+case_option_placeholder() {
+  expect_error $CASE 2 "argument 6 contains '%value%'" --data "$DATA" --out "$WORK/o" --sample-prompt '%value%' $M
+}
 case_missing_config() {
   expect_error $CASE 1 "config file $WORK/none.ini cannot be opened" --config "$WORK/none.ini" --data "$DATA" --out "$WORK/o"
 }
