@@ -7,10 +7,13 @@
 #include <hdf5.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <system_error>
 
+#include "framework/hdf5_util.h"
+#include "framework/shard_header.h"
 #include "ops/check.h"
 
 namespace braid {
@@ -21,54 +24,8 @@ namespace fs = std::filesystem;
 // Tokens per HDF5 chunk: 256 Ki tokens (512 KiB as uint16) fit HDF5's default 1 MiB chunk
 // cache, so on-demand reads of a training window touch at most two cached chunks.
 constexpr hsize_t kChunkTokens = hsize_t{1} << 18;
-
-// Owner of one HDF5 identifier; closes it with the matching H5?close.
-class H5Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  H5Handle() = default;
-  H5Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  H5Handle(H5Handle&& other) noexcept : id_(other.id_), closer_(other.closer_) { other.id_ = -1; }
-  H5Handle& operator=(H5Handle&& other) noexcept {
-    if (this != &other) {
-      reset();
-      id_ = other.id_;
-      closer_ = other.closer_;
-      other.id_ = -1;
-    }
-    return *this;
-  }
-  H5Handle(const H5Handle&) = delete;
-  H5Handle& operator=(const H5Handle&) = delete;
-  ~H5Handle() { reset(); }
-  void reset() {
-    if (id_ >= 0 && closer_ != nullptr) closer_(id_);  // errors while closing are not actionable
-    id_ = -1;
-  }
-  hid_t get() const { return id_; }
-
- private:
-  hid_t id_ = -1;
-  Closer closer_ = nullptr;
-};
-
-// HDF5 prints its error stack to stderr on every failed call. While probing user files
-// the failures are expected and reported by us, so printing is off inside this scope (and
-// restored after, for other code in the process).
-class QuietHdf5Errors {
- public:
-  QuietHdf5Errors() {
-    H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietHdf5Errors() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-  QuietHdf5Errors(const QuietHdf5Errors&) = delete;
-  QuietHdf5Errors& operator=(const QuietHdf5Errors&) = delete;
-
- private:
-  H5E_auto2_t func_ = nullptr;
-  void* data_ = nullptr;
-};
+// Checksum blocks coincide with chunks: verifying a block reads what HDF5 reads anyway.
+constexpr hsize_t kChecksumBlockTokens = kChunkTokens;
 
 constexpr const char* kShardHint = " (expected a token shard written by braid-data)";
 
@@ -98,8 +55,10 @@ void write_string_attribute(hid_t file, const char* name, const std::string& val
 void write_shard_file(const std::string& path, std::span<const uint32_t> tokens,
                       std::span<const int64_t> doc_offsets, int64_t vocab_size,
                       const std::string& tokenizer_name) {
-  H5Handle file(BRAID_CHECK_H5(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)),
+  H5Handle fapl(make_checksummed_fapl(), H5Pclose);
+  H5Handle file(BRAID_CHECK_H5(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get())),
                 H5Fclose);
+  std::vector<uint32_t> block_crcs;
   {
     const hsize_t dims[1] = {tokens.size()};
     const hsize_t chunk[1] = {std::min<hsize_t>(tokens.size(), kChunkTokens)};
@@ -117,10 +76,21 @@ void write_shard_file(const std::string& path, std::span<const uint32_t> tokens,
       std::vector<uint16_t> narrow_tokens(tokens.begin(), tokens.end());
       BRAID_CHECK_H5(H5Dwrite(dset.get(), H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                               narrow_tokens.data()));
+      block_crcs = token_block_crcs(narrow_tokens.data(), int64_t(tokens.size()), 2, kChecksumBlockTokens);
     } else {
       BRAID_CHECK_H5(H5Dwrite(dset.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                               tokens.data()));
+      block_crcs = token_block_crcs(tokens.data(), int64_t(tokens.size()), 4, kChecksumBlockTokens);
     }
+  }
+  {
+    const hsize_t dims[1] = {block_crcs.size()};
+    H5Handle space(BRAID_CHECK_H5(H5Screate_simple(1, dims, nullptr)), H5Sclose);
+    H5Handle dset(BRAID_CHECK_H5(H5Dcreate2(file.get(), "tokens_crc32", H5T_STD_U32LE, space.get(),
+                                            H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
+                  H5Dclose);
+    BRAID_CHECK_H5(H5Dwrite(dset.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                            block_crcs.data()));
   }
   {
     const hsize_t dims[1] = {doc_offsets.size()};
@@ -137,6 +107,7 @@ void write_shard_file(const std::string& path, std::span<const uint32_t> tokens,
   write_string_attribute(file.get(), "tokenizer", tokenizer_name);
   write_int64_attribute(file.get(), "token_count", static_cast<int64_t>(tokens.size()));
   write_int64_attribute(file.get(), "format_version", kTokenShardFormatVersion);
+  write_int64_attribute(file.get(), "checksum_block_tokens", int64_t(kChecksumBlockTokens));
   BRAID_CHECK_H5(H5Fflush(file.get(), H5F_SCOPE_GLOBAL));
 }
 
@@ -224,14 +195,33 @@ struct TokenDataset::Shard {
   std::vector<uint16_t> tokens_u16;  // [token_count] when resident and element_bytes == 2
   std::vector<uint32_t> tokens_u32;  // [token_count] when resident and element_bytes == 4
   H5Handle file, tokens;             // open when not resident
+  // Format 2: crc32 of each block of block_tokens tokens; a block is verified once, when
+  // the shard is loaded (resident) or when a read first touches it (on demand).
+  int64_t block_tokens = 0;
+  std::vector<uint32_t> block_crcs;
+  mutable std::vector<bool> verified;
 };
+
+namespace {
+// A data error found during training, on one rank and outside any collective check: the
+// run must stop everywhere (the entry point aborts the job) instead of waiting for the
+// others, so it is not an InputError (those are raised collectively).
+[[noreturn]] void training_data_error(const std::string& msg) { throw Error("data", 1, msg); }
+
+std::string block_error(const std::string& path, int64_t block, int64_t block_tokens, int64_t token_count) {
+  const int64_t first = block * block_tokens;
+  return "shard " + path + " is corrupt: tokens [" + std::to_string(first) + ", " +
+         std::to_string(std::min(first + block_tokens, token_count)) +
+         ") fail their crc32 check (the file changed after braid-data wrote it)";
+}
+}  // namespace
 
 void write_token_shard(const std::string& path, std::span<const uint32_t> tokens,
                        std::span<const int64_t> doc_offsets, int64_t vocab_size,
                        const std::string& tokenizer_name) {
-  BRAID_REQUIRE(vocab_size > 0 && vocab_size <= std::numeric_limits<int32_t>::max(),
+  BRAID_REQUIRE(vocab_size > 0 && vocab_size <= kMaxVocabSize,
                 "shard " << path << ": vocabulary size " << vocab_size
-                << " should be in [1, 2^31)");
+                << " should be in [1, " << kMaxVocabSize << "]");
   BRAID_CHECK(!tokens.empty(), "shard " << path << " would hold no tokens");
   for (size_t i = 0; i < tokens.size(); ++i) {
     BRAID_REQUIRE(tokens[i] < uint64_t(vocab_size),
@@ -267,53 +257,74 @@ TokenDataset::TokenDataset(const std::string& directory, const std::string& spli
     BRAID_REQUIRE(H5Fis_hdf5(path.c_str()) > 0, "file " << path << " is not an HDF5 file"
                   << kShardHint);
     shard->file = H5Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-    BRAID_REQUIRE(shard->file.get() >= 0, "cannot open HDF5 file " << path << kShardHint);
+    BRAID_REQUIRE(shard->file.valid(), "cannot open HDF5 file " << path << " ("
+                  << hdf5_error_detail() << "; truncated or corrupt?)" << kShardHint);
     const hid_t file = shard->file.get();
 
-    const int64_t version = read_int64_attribute(file, path, "format_version");
-    BRAID_REQUIRE(version == kTokenShardFormatVersion,
-                  "shard " << path << " has format_version " << version << "; this build of "
-                  "Braid reads version " << kTokenShardFormatVersion);
-    const int64_t vocab_size = read_int64_attribute(file, path, "vocab_size");
-    const std::string tokenizer = read_string_attribute(file, path, "tokenizer");
-    shard->token_count = read_int64_attribute(file, path, "token_count");
-    BRAID_REQUIRE(vocab_size > 0 && vocab_size <= std::numeric_limits<int32_t>::max(),
-                  "shard " << path << " has vocab_size " << vocab_size
-                  << "; expected a value in [1, 2^31)");
-    BRAID_REQUIRE(shard->token_count >= 0, "shard " << path << " has token_count "
-                  << shard->token_count << "; expected >= 0");
-    if (shard_starts_.size() == 1) {
-      vocab_size_ = vocab_size;
-      tokenizer_ = tokenizer;
-    }
-    BRAID_REQUIRE(vocab_size == vocab_size_ && tokenizer == tokenizer_,
-                  "shard " << path << " has vocabulary " << vocab_size << " (tokenizer '"
-                  << tokenizer << "') but " << paths.front() << " has vocabulary "
-                  << vocab_size_ << " (tokenizer '" << tokenizer_ << "'); all shards of a "
-                  "split must share one tokenizer");
-
+    // Gather the header, then validate it as a whole before anything is allocated.
+    ShardHeader h;
+    h.file_bytes = fs::file_size(path);
+    h.format_version = read_int64_attribute(file, path, "format_version");
+    BRAID_REQUIRE(h.format_version == 1 || h.format_version == 2,
+                  "shard " << path << " has format_version " << h.format_version << "; this build "
+                  "of Braid reads versions 1 and " << kTokenShardFormatVersion);
+    h.vocab_size = read_int64_attribute(file, path, "vocab_size");
+    h.tokenizer = read_string_attribute(file, path, "tokenizer");
+    h.token_count = read_int64_attribute(file, path, "token_count");
     BRAID_REQUIRE(H5Lexists(file, "tokens", H5P_DEFAULT) > 0 &&
                       H5Lexists(file, "doc_offsets", H5P_DEFAULT) > 0,
                   "shard " << path << " lacks the dataset /tokens or /doc_offsets" << kShardHint);
     shard->tokens = H5Handle(H5Dopen2(file, "tokens", H5P_DEFAULT), H5Dclose);
-    H5Handle type(shard->tokens.get() >= 0 ? H5Dget_type(shard->tokens.get()) : -1, H5Tclose);
-    H5Handle space(shard->tokens.get() >= 0 ? H5Dget_space(shard->tokens.get()) : -1, H5Sclose);
-    hsize_t dims[1] = {0};
-    BRAID_REQUIRE(type.get() >= 0 && space.get() >= 0 &&
-                      H5Tget_class(type.get()) == H5T_INTEGER &&
-                      H5Tget_sign(type.get()) == H5T_SGN_NONE &&
-                      (H5Tget_size(type.get()) == 2 || H5Tget_size(type.get()) == 4) &&
-                      H5Sget_simple_extent_ndims(space.get()) == 1 &&
-                      H5Sget_simple_extent_dims(space.get(), dims, nullptr) == 1,
-                  "shard " << path << ": /tokens should be a 1-D uint16 or uint32 dataset"
-                  << kShardHint);
-    shard->element_bytes = H5Tget_size(type.get());
-    BRAID_REQUIRE(int64_t(dims[0]) == shard->token_count,
-                  "shard " << path << ": /tokens holds " << dims[0] << " tokens but the "
-                  "attribute token_count says " << shard->token_count);
-    BRAID_REQUIRE(shard->element_bytes == 4 || vocab_size_ <= 65536,
-                  "shard " << path << " stores uint16 tokens but declares vocabulary "
-                  << vocab_size_ << " (> 65536)");
+    BRAID_REQUIRE(shard->tokens.valid(), "shard " << path << ": cannot open /tokens ("
+                  << hdf5_error_detail() << ")" << kShardHint);
+    {
+      const hid_t d = shard->tokens.get();
+      H5Handle type(H5Dget_type(d), H5Tclose), space(H5Dget_space(d), H5Sclose),
+          dcpl(H5Dget_create_plist(d), H5Pclose);
+      h.tokens_unsigned_integer = type.valid() && H5Tget_class(type.get()) == H5T_INTEGER &&
+                                  H5Tget_sign(type.get()) == H5T_SGN_NONE;
+      h.token_bytes = type.valid() ? H5Tget_size(type.get()) : 0;
+      hsize_t dims[H5S_MAX_RANK] = {0};
+      h.tokens_rank = space.valid() ? H5Sget_simple_extent_dims(space.get(), dims, nullptr) : -1;
+      h.tokens_length = dims[0];
+      h.tokens_filtered = !dcpl.valid() || H5Pget_nfilters(dcpl.get()) != 0;
+      h.tokens_storage_bytes = H5Dget_storage_size(d);
+    }
+    H5Handle crcs;
+    if (h.format_version >= 2) {
+      h.checksum_block_tokens = read_int64_attribute(file, path, "checksum_block_tokens");
+      BRAID_REQUIRE(H5Lexists(file, "tokens_crc32", H5P_DEFAULT) > 0,
+                    "shard " << path << " (format 2) lacks the dataset /tokens_crc32" << kShardHint);
+      crcs = H5Handle(H5Dopen2(file, "tokens_crc32", H5P_DEFAULT), H5Dclose);
+      H5Handle type(crcs.valid() ? H5Dget_type(crcs.get()) : -1, H5Tclose);
+      H5Handle space(crcs.valid() ? H5Dget_space(crcs.get()) : -1, H5Sclose);
+      h.crcs_uint32 = type.valid() && H5Tget_class(type.get()) == H5T_INTEGER &&
+                      H5Tget_sign(type.get()) == H5T_SGN_NONE && H5Tget_size(type.get()) == 4;
+      hsize_t dims[H5S_MAX_RANK] = {0};
+      h.crcs_rank = space.valid() ? H5Sget_simple_extent_dims(space.get(), dims, nullptr) : -1;
+      h.crcs_length = dims[0];
+    }
+    validate_shard_header(h, path);
+    if (crcs.valid()) {
+      shard->block_tokens = h.checksum_block_tokens;
+      shard->block_crcs.resize(h.crcs_length);
+      BRAID_REQUIRE(H5Dread(crcs.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                            shard->block_crcs.data()) >= 0,
+                    "cannot read /tokens_crc32 of shard " << path << " (" << hdf5_error_detail()
+                    << "; truncated or corrupt?)");
+      shard->verified.assign(h.crcs_length, false);
+    }
+    shard->token_count = h.token_count;
+    shard->element_bytes = h.token_bytes;
+    if (shard_starts_.size() == 1) {
+      vocab_size_ = h.vocab_size;
+      tokenizer_ = h.tokenizer;
+    }
+    BRAID_REQUIRE(h.vocab_size == vocab_size_ && h.tokenizer == tokenizer_,
+                  "shard " << path << " has vocabulary " << h.vocab_size << " (tokenizer '"
+                  << h.tokenizer << "') but " << paths.front() << " has vocabulary "
+                  << vocab_size_ << " (tokenizer '" << tokenizer_ << "'); all shards of a "
+                  "split must share one tokenizer");
     stored_bytes += shard->token_count * int64_t(shard->element_bytes);
     shard_starts_.push_back(shard_starts_.back() + shard->token_count);
     shards_.push_back(std::move(shard));
@@ -325,17 +336,27 @@ TokenDataset::TokenDataset(const std::string& directory, const std::string& spli
   if (!resident_) return;
   for (auto& shard : shards_) {
     herr_t status;
+    const void* data;
     if (shard->element_bytes == 2) {
       shard->tokens_u16.resize(shard->token_count);
       status = H5Dread(shard->tokens.get(), H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                        shard->tokens_u16.data());
+      data = shard->tokens_u16.data();
     } else {
       shard->tokens_u32.resize(shard->token_count);
       status = H5Dread(shard->tokens.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                        shard->tokens_u32.data());
+      data = shard->tokens_u32.data();
     }
-    BRAID_REQUIRE(status >= 0, "cannot read /tokens of shard " << shard->path
-                  << " (file truncated or corrupt?)");
+    BRAID_REQUIRE(status >= 0, "cannot read /tokens of shard " << shard->path << " ("
+                  << hdf5_error_detail() << "; file truncated or corrupt?)");
+    if (!shard->block_crcs.empty()) {
+      const std::vector<uint32_t> crcs = token_block_crcs(data, shard->token_count,
+                                                          shard->element_bytes, shard->block_tokens);
+      for (size_t b = 0; b < crcs.size(); ++b)
+        BRAID_REQUIRE(crcs[b] == shard->block_crcs[b],
+                      block_error(shard->path, int64_t(b), shard->block_tokens, shard->token_count));
+    }
     const auto check = [&](const auto& tokens) {
       auto bad = std::find_if(tokens.begin(), tokens.end(),
                               [&](uint32_t t) { return int64_t(t) >= vocab_size_; });
@@ -355,6 +376,29 @@ TokenDataset::~TokenDataset() = default;
 const std::string& TokenDataset::shard_path(int64_t shard) const {
   BRAID_CHECK(shard >= 0 && shard < num_shards(), "shard " << shard << " of " << num_shards());
   return shards_[shard]->path;
+}
+
+void TokenDataset::verify_blocks(const Shard& shard, int64_t local, int64_t count) const {
+  if (shard.block_crcs.empty() || count <= 0) return;
+  std::vector<uint8_t> block;
+  for (int64_t b = local / shard.block_tokens; b <= (local + count - 1) / shard.block_tokens; ++b) {
+    if (shard.verified[size_t(b)]) continue;
+    const int64_t first = b * shard.block_tokens;
+    const hsize_t offset[1] = {hsize_t(first)};
+    const hsize_t extent[1] = {hsize_t(std::min(shard.block_tokens, shard.token_count - first))};
+    block.resize(size_t(extent[0]) * shard.element_bytes);
+    H5Handle file_space(BRAID_CHECK_H5(H5Dget_space(shard.tokens.get())), H5Sclose);
+    BRAID_CHECK_H5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset, nullptr, extent, nullptr));
+    H5Handle mem_space(BRAID_CHECK_H5(H5Screate_simple(1, extent, nullptr)), H5Sclose);
+    if (H5Dread(shard.tokens.get(), shard.element_bytes == 2 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32,
+                mem_space.get(), file_space.get(), H5P_DEFAULT, block.data()) < 0)
+      training_data_error("cannot read tokens of shard " + shard.path + " (" + hdf5_error_detail() +
+                          "; truncated or corrupt?)");
+    if (token_block_crcs(block.data(), int64_t(extent[0]), shard.element_bytes, shard.block_tokens)[0] !=
+        shard.block_crcs[size_t(b)])
+      training_data_error(block_error(shard.path, b, shard.block_tokens, shard.token_count));
+    shard.verified[size_t(b)] = true;
+  }
 }
 
 void TokenDataset::read(int64_t start, int64_t count, int32_t* out) const {
@@ -379,6 +423,7 @@ void TokenDataset::read(int64_t start, int64_t count, int32_t* out) const {
         std::copy_n(shard.tokens_u32.begin() + local, n, out);
       }
     } else {
+      verify_blocks(shard, local, n);
       const hsize_t offset[1] = {hsize_t(local)}, extent[1] = {hsize_t(n)};
       H5Handle file_space(BRAID_CHECK_H5(H5Dget_space(shard.tokens.get())), H5Sclose);
       BRAID_CHECK_H5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, offset, nullptr,
@@ -387,10 +432,10 @@ void TokenDataset::read(int64_t start, int64_t count, int32_t* out) const {
       BRAID_CHECK_H5(H5Dread(shard.tokens.get(), H5T_NATIVE_INT32, mem_space.get(),
                              file_space.get(), H5P_DEFAULT, out));
       for (int64_t i = 0; i < n; ++i) {
-        BRAID_REQUIRE(out[i] >= 0 && out[i] < vocab_size_,
-                      "shard " << shard.path << " holds token id " << uint32_t(out[i])
-                      << " at position " << local + i << ", outside its vocabulary of "
-                      << vocab_size_);
+        if (out[i] < 0 || out[i] >= vocab_size_)
+          training_data_error("shard " + shard.path + " holds token id " + std::to_string(uint32_t(out[i])) +
+                              " at position " + std::to_string(local + i) +
+                              ", outside its vocabulary of " + std::to_string(vocab_size_));
       }
     }
     out += n;

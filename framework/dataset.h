@@ -9,8 +9,13 @@
 //   /tokens       1-D chunked, uint16 when vocab_size <= 65536 else uint32  [token_count]
 //   /doc_offsets  1-D int64: start of each document that begins in this shard, relative
 //                 to the shard's first token (a document may continue into the next shard)
+//   /tokens_crc32 1-D uint32: crc32 of the stored bytes of each block of
+//                 checksum_block_tokens tokens (format 2)
 //   root attributes: vocab_size (int64), tokenizer (string), token_count (int64),
-//                    format_version (int64, = 1)
+//                    format_version (int64: 2 is written, 1 and 2 are read),
+//                    checksum_block_tokens (int64, format 2)
+// Every header fact is validated (shard_header.h) before a token is allocated or read, and
+// every token block is checked against its crc32 once, when first read.
 // The shards of a split, concatenated in order, are one token stream.
 #pragma once
 #include <cstdint>
@@ -19,9 +24,9 @@
 #include <string>
 #include <vector>
 
-namespace braid {
+#include "framework/shard_header.h"
 
-constexpr int64_t kTokenShardFormatVersion = 1;
+namespace braid {
 
 // Writes one shard to `path` (via path + ".tmp" and a rename, so a shard is either complete
 // or absent). tokens must be < vocab_size and non-empty; doc_offsets ascending in
@@ -53,11 +58,13 @@ class TokenDataset {
   bool resident() const { return resident_; }
 
   // Copies tokens [start, start + count) of the stream into out[count], across shard
-  // boundaries. The range must lie inside [0, num_tokens()).
+  // boundaries. The range must lie inside [0, num_tokens()). Corrupt data found here (on
+  // demand, outside the collective checks at open) is a braid::Error, which stops the job.
   void read(int64_t start, int64_t count, int32_t* out) const;
 
  private:
   struct Shard;
+  void verify_blocks(const Shard& shard, int64_t local, int64_t count) const;
   std::string directory_;
   std::string split_;
   int64_t vocab_size_ = 0;

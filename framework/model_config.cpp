@@ -47,15 +47,15 @@ ModelLayout make_model_layout(const ModelConfig& m, int tp, int tp_rank, int pp,
   l.pp_rank = pp_rank;
   l.virtual_stages = virtual_stages;
   l.sequence_parallel = sequence_parallel && tp > 1;
-  const int chunks = pp * virtual_stages;
+  const int64_t chunks = int64_t(pp) * virtual_stages;  // int64: the flags are untrusted
   if (pp_layers.empty()) {
     BRAID_REQUIRE(m.n_layer >= chunks, "--layers " << m.n_layer << " is fewer than --pp " << pp
                                                    << " x --virtual-stages " << virtual_stages
                                                    << " = " << chunks << " pipeline chunks");
-    for (int g = 0; g < chunks; ++g)
+    for (int g = 0; g < int(chunks); ++g)
       l.chunk_layers.push_back(m.n_layer / chunks + (g < m.n_layer % chunks ? 1 : 0));
   } else {
-    BRAID_REQUIRE(int(pp_layers.size()) == chunks,
+    BRAID_REQUIRE(int64_t(pp_layers.size()) == chunks,
                   "--pp-layers lists " << pp_layers.size() << " stages but --pp x --virtual-stages = "
                                        << chunks);
     int sum = 0;

@@ -355,7 +355,17 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& vocab_dir) {
   const fs::path merges_path = fs::path(vocab_dir) / "vocab.bpe";
   std::ifstream encoder_in = open_vocab_file(encoder_path);
   std::ifstream merges_in = open_vocab_file(merges_path);
+  load(encoder_in, merges_in, encoder_path, merges_path);
+}
 
+Gpt2Tokenizer::Gpt2Tokenizer(std::istream& encoder_json, std::istream& merges_bpe,
+                             const std::string& encoder_name, const std::string& merges_name) {
+  load(encoder_json, merges_bpe, encoder_name, merges_name);
+}
+
+void Gpt2Tokenizer::load(std::istream& encoder_in, std::istream& merges_in,
+                         const std::filesystem::path& encoder_path,
+                         const std::filesystem::path& merges_path) {
   const std::vector<uint32_t> byte_to_cp = bytes_to_unicode();
   std::vector<int> cp_to_byte(512, -1);
   for (int b = 0; b < 256; ++b) cp_to_byte[byte_to_cp[b]] = b;

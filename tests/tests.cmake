@@ -3,8 +3,11 @@
 braid_test(test_schedule 60)
 braid_test(test_tokenizer 120)
 braid_test(test_dataset 120)
+braid_test(test_checkpoint_format 60)
+braid_test(test_dataset_integrity 60)
 braid_mpi_test(test_layouts 8 900)
 braid_mpi_test(test_reshard 8 900)
+braid_mpi_test(test_checkpoint 4 300)
 braid_test(test_ops_cpu 60)
 braid_test(test_cross_entropy_cpu 60)
 braid_test(test_adamw_cpu 60)
@@ -28,3 +31,16 @@ braid_mpi_test(test_cuda_training 2 300 cuda)
 braid_mpi_test(test_plan 8 300)
 braid_mpi_test(test_ledger 4 120)
 braid_mpi_test(test_nonfinite_steps 4 300)
+# Bad-input cases (tests/launch/test_bad_inputs.sh CASE), one ctest each: bad_input_<case>.
+set(BRAID_BAD_INPUT_CASES
+    missing_data dataset_missing_split dataset_truncated dataset_bitflip dataset_larger_vocab
+    world_not_divisible heads_vs_tp layers_vs_pp interleave_few_microbatches
+    bad_flag_value unknown_flag unknown_config_key missing_config option_placeholder
+    contradictory_stop_after contradictory_virtual_stages contradictory_device
+    unwritable_output readonly_output
+    checkpoint_missing checkpoint_no_manifest checkpoint_truncated checkpoint_bitflip_data
+    checkpoint_bitflip_metadata checkpoint_other_model checkpoint_forged_manifest latest_pointer_escape
+    interrupted_save killed_during_save disk_full)
+# libFuzzer targets (tests/fuzz) and the seconds each runs in the suite: target:seconds.
+set(BRAID_FUZZ_TARGETS
+    fuzz_train_config:20 fuzz_checkpoint_manifest:20 fuzz_checkpoint_tensors:15 fuzz_shard_header:15 fuzz_gpt2_vocab:20)

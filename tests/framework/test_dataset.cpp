@@ -150,7 +150,8 @@ TEST(TokenShards, AttributesAndDocumentOffsets) {
   hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   ASSERT_GE(file, 0);
   for (auto [name, expected] : {std::pair<const char*, int64_t>{"vocab_size", 257},
-                                {"token_count", 10}, {"format_version", 1}}) {
+                                {"token_count", 10}, {"format_version", 2},
+                                {"checksum_block_tokens", 1 << 18}}) {
     hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
     int64_t value = -1;
     H5Aread(attr, H5T_NATIVE_INT64, &value);
@@ -202,9 +203,11 @@ TEST(TokenShards, BadInputsAreInputErrorsNamingTheFile) {
 
   // An unknown format version, then a missing attribute.
   const std::string shard = dir.file("train_000000.h5");
+  set_int64_attribute(shard, "format_version", 3);
+  expect_input_error([&] { TokenDataset(dir.path(), "train"); }, {shard, "format_version 3"});
+  set_int64_attribute(shard, "format_version", 1);  // version 1: the same shard without checksums
+  EXPECT_NO_THROW(TokenDataset(dir.path(), "train"));
   set_int64_attribute(shard, "format_version", 2);
-  expect_input_error([&] { TokenDataset(dir.path(), "train"); }, {shard, "format_version 2"});
-  set_int64_attribute(shard, "format_version", 1);
   EXPECT_NO_THROW(TokenDataset(dir.path(), "train"));
   hid_t file = H5Fopen(shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
   H5Adelete(file, "tokenizer");
