@@ -13,7 +13,18 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;
 constexpr int kWarpsPerBlock = 4;
 
-// b == nullptr: plain layernorm of a (residual not written).
+// Where column c of a row lives in a warp's shared-memory row (and, in the backward, in
+// its accumulators): with V = 8 a lane owns 8 consecutive columns, so they are stored
+// k-major (column c0 + k at k * C/8 + c0/8) and the lanes of a warp touch consecutive
+// words (no bank conflicts).
+template <int V>
+__device__ __forceinline__ int acc_slot(int c, int C) {
+  return V == 8 ? (c & 7) * (C >> 3) + (c >> 3) : c;
+}
+
+// b == nullptr: plain layernorm of a (residual not written). V = 8 moves 16-byte vectors
+// (C % 8 == 0 and aligned rows), V = 1 single elements.
+template <int V>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 layernorm_forward_kernel(bf16* residual, bf16* out, float* mean_out, float* rstd_out,
                          const bf16* a, const bf16* b, const float* w, const float* bias,
@@ -23,33 +34,41 @@ layernorm_forward_kernel(bf16* residual, bf16* out, float* mean_out, float* rstd
   const int64_t n = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
   if (n >= N) return;
   float* x = s_rows + int64_t(warp) * C;  // only this lane's elements are read back by it
-  const bf16* ar = a + n * C;
   float sum = 0.f;
-  if (b) {
-    const bf16* br = b + n * C;
-    bf16* rr = residual + n * C;
-    for (int c = lane; c < C; c += 32) {
-      const bf16 r = to_bf16(to_float(ar[c]) + to_float(br[c]));
-      rr[c] = r;
-      x[c] = to_float(r);
-      sum += x[c];
+  for (int c0 = lane * V; c0 < C; c0 += 32 * V) {
+    float v[V];
+    load_bf16<V>(v, a + n * C + c0);
+    if (b) {
+      float bv[V];
+      load_bf16<V>(bv, b + n * C + c0);
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[k] = to_float(to_bf16(v[k] + bv[k]));  // as stored
+      store_bf16<V>(residual + n * C + c0, v);
     }
-  } else {
-    for (int c = lane; c < C; c += 32) {
-      x[c] = to_float(ar[c]);
-      sum += x[c];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      x[acc_slot<V>(c0 + k, C)] = v[k];
+      sum += v[k];
     }
   }
   const float m = warp_sum(sum) / C;
   float var = 0.f;
-  for (int c = lane; c < C; c += 32) {
-    const float d = x[c] - m;
-    var += d * d;
-  }
+  for (int c0 = lane * V; c0 < C; c0 += 32 * V)
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float d = x[acc_slot<V>(c0 + k, C)] - m;
+      var += d * d;
+    }
   var = warp_sum(var) / C;
   const float s = 1.f / sqrtf(var + kLayerNormEps);
-  bf16* o = out + n * C;
-  for (int c = lane; c < C; c += 32) o[c] = to_bf16((x[c] - m) * s * w[c] + bias[c]);
+  for (int c0 = lane * V; c0 < C; c0 += 32 * V) {
+    float wv[V], bv[V], o[V];
+    load_f32<V>(wv, w + c0);
+    load_f32<V>(bv, bias + c0);
+#pragma unroll
+    for (int k = 0; k < V; ++k) o[k] = (x[acc_slot<V>(c0 + k, C)] - m) * s * wv[k] + bv[k];
+    store_bf16<V>(out + n * C + c0, o);
+  }
   if (lane == 0) {
     mean_out[n] = m;
     rstd_out[n] = s;
@@ -64,15 +83,7 @@ layernorm_forward_kernel(bf16* residual, bf16* out, float* mean_out, float* rstd
 // end the warps' accumulators are added in warp order into the block's partial row
 // [dw | db], which column_finalize sums over blocks in order. V = 8 reads 16-byte vectors.
 constexpr int kBwdWarps = 4;
-constexpr int kBwdRows = 32;
-
-// Where column c lives in a warp's accumulator: with V = 8 a lane owns 8 consecutive
-// columns, so they are stored k-major (column c0 + k at k * C/8 + c0/8) and the lanes of a
-// warp touch consecutive words (no bank conflicts).
-template <int V>
-__device__ __forceinline__ int acc_slot(int c, int C) {
-  return V == 8 ? (c & 7) * (C >> 3) + (c >> 3) : c;
-}
+constexpr int kBwdRows = 16;  // 32 left the 1.5B shape at 1/8 occupancy
 
 template <int V>
 __global__ void __launch_bounds__(kBwdWarps * 32)
@@ -148,15 +159,17 @@ void launch_forward(bf16* residual, bf16* out, float* mean, float* rstd, const b
                     cudaStream_t stream) {
   if (N == 0) return;
   const size_t smem = size_t(kWarpsPerBlock) * C * sizeof(float);
-  if (smem > 48 * 1024) {
-    BRAID_CHECK_CUDA(cudaFuncSetAttribute(layernorm_forward_kernel,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(smem)));
-  }
   const unsigned blocks = unsigned(ceil_div(N, kWarpsPerBlock));
-  layernorm_forward_kernel<<<blocks, kWarpsPerBlock * 32, smem, stream>>>(
-      residual, out, mean, rstd, a, b, w, bias, N, C);
-  BRAID_CHECK_LAUNCH();
+  const bool vec = C % 8 == 0 && aligned16(a) && aligned16(out) && aligned16(w) && aligned16(bias) &&
+                   (b == nullptr || (aligned16(b) && aligned16(residual)));
+  auto launch = [&](auto kernel) {
+    if (smem > 48 * 1024)
+      BRAID_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<blocks, kWarpsPerBlock * 32, smem, stream>>>(residual, out, mean, rstd, a, b, w, bias, N, C);
+    BRAID_CHECK_LAUNCH();
+  };
+  if (vec) launch(layernorm_forward_kernel<8>);
+  else launch(layernorm_forward_kernel<1>);
 }
 
 }  // namespace
