@@ -95,16 +95,11 @@ po::options_description train_options(TrainConfig& c) {
   return d;
 }
 
-namespace {
-// Boost.Program_options formats its error messages by replacing placeholders such as
-// %value% until none is left; a value that itself contains one never ends that loop (found
-// by fuzzing). Such text is refused before the parser sees it.
 void refuse_parser_placeholders(const std::string& text, const std::string& where) {
   for (const char* token : {"%option%", "%value%", "%prefix_option%", "%original_token%", "%canonical_option%"})
     BRAID_REQUIRE(text.find(token) == std::string::npos,
-                  where << " contains '" << token << "', which braid-train does not accept in options");
+                  where << " contains '" << token << "', which Braid's programs do not accept in options");
 }
-}  // namespace
 
 bool parse_train_config(const std::vector<std::string>& args, TrainConfig& cfg,
                         const std::function<std::string(const std::string&)>& read_config_file) {

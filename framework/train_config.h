@@ -66,6 +66,10 @@ boost::program_options::options_description train_options(TrainConfig& cfg);
 // Parses argv (and --config FILE). Returns false if --help was printed.
 // Throws InputError on unknown flags or bad values.
 bool parse_train_config(int argc, char** argv, TrainConfig& cfg);
+// Boost.Program_options formats its error messages by replacing placeholders such as
+// %value% until none is left; a value that itself contains one never ends that loop (found
+// by fuzzing). Every program refuses such text (InputError naming `where`) before parsing.
+void refuse_parser_placeholders(const std::string& text, const std::string& where);
 // The same from a command line without the program name; the text of the --config file is
 // what read_config_file returns for its path (tests and fuzzers pass it from memory).
 bool parse_train_config(const std::vector<std::string>& args, TrainConfig& cfg,

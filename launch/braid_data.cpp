@@ -14,6 +14,7 @@
 #include <iostream>
 
 #include "framework/text_import.h"
+#include "framework/train_config.h"
 #include "ops/check.h"
 
 namespace po = boost::program_options;
@@ -52,6 +53,7 @@ int run(int argc, char** argv) {
       ("shard-tokens", po::value<int64_t>(&options.shard_tokens)->default_value(100'000'000),
        "tokens per shard file");
   po::variables_map vm;
+  for (int i = 1; i < argc; ++i) braid::refuse_parser_placeholders(argv[i], "argument " + std::to_string(i));
   po::store(po::parse_command_line(argc, argv, desc), vm);
   if (vm.count("help") || argc == 1) {
     std::cout << desc << "\n";

@@ -9,6 +9,7 @@
 
 #include "framework/checkpoint.h"
 #include "framework/dataset.h"
+#include "framework/train_config.h"
 #include "framework/sampler.h"
 #include "framework/tokenizer.h"
 #include "launch/lib/entry.h"
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
         ("tokenizer", po::value(&tokenizer_name)->default_value(""), "gpt2 | byte (default: the dataset's)")
         ("vocab-dir", po::value(&vocab_dir)->default_value("vocab"), "GPT-2 vocabulary files");
     po::variables_map vm;
+    for (int i = 1; i < ac; ++i) refuse_parser_placeholders(av[i], "argument " + std::to_string(i));
     try {
       po::store(po::parse_command_line(ac, av, d), vm);
       po::notify(vm);

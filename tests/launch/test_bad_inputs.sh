@@ -108,6 +108,16 @@ case_unknown_config_key() {
 }
 case_option_placeholder() {
   expect_error $CASE 2 "argument 6 contains '%value%'" --data "$DATA" --out "$WORK/o" --sample-prompt '%value%' $M
+  # The other programs parse with the same library: refused there too, never a hang.
+  local out rc
+  out=$(timeout 20 "$BIN/braid-sample" --out "$WORK/o" --prompt '%value%' 2>&1); rc=$?
+  if [ $rc -ne 2 ] || ! grep -q "argument 4 contains '%value%'" <<<"$out"; then
+    fail "$CASE: braid-sample exit $rc: $out"
+  fi
+  out=$(timeout 20 "$BIN/braid-data" --out "$WORK/d" --input '%value%' 2>&1); rc=$?
+  if [ $rc -ne 1 ] || ! grep -q "argument 4 contains '%value%'" <<<"$out"; then
+    fail "$CASE: braid-data exit $rc: $out"
+  fi
 }
 case_missing_config() {
   expect_error $CASE 1 "config file $WORK/none.ini cannot be opened" --config "$WORK/none.ini" --data "$DATA" --out "$WORK/o"
