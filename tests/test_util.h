@@ -17,6 +17,17 @@
 
 namespace braid::test {
 
+inline int world_size() {
+  int w = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  return w;
+}
+inline int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
 // A train/val dataset of random tokens in [0, vocab) with some repeated structure so
 // that the loss falls. Written by world rank 0; everyone waits.
 inline std::string make_token_dataset(const std::string& name, int64_t vocab, int64_t n_train,

@@ -17,16 +17,8 @@ namespace fs = std::filesystem;
 namespace braid {
 namespace {
 
-int world_size() {
-  int w = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test::world_size;
+using test::world_rank;
 
 TrainConfig make_config(const std::string& data, const std::string& out, int tp, int pp, int64_t steps) {
   TrainConfig c;

@@ -13,11 +13,7 @@
 namespace braid {
 namespace {
 
-int world_size() {
-  int w = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
+using test::world_size;
 
 TrainConfig make_config(const std::string& data, const std::string& out, int tp, int zero) {
   TrainConfig c;

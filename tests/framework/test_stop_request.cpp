@@ -15,16 +15,8 @@
 namespace braid {
 namespace {
 
-int world_size() {
-  int w = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test::world_size;
+using test::world_rank;
 
 TrainConfig make_config(const std::string& data, const std::string& out, int dp, int pp, int grad_accum) {
   TrainConfig c;

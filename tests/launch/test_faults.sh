@@ -73,7 +73,7 @@ if [ "$rc" -ne 0 ] && grep -q "watchdog: collective timeout on rank .*Rank 1 doe
   pass "B: watchdog names lost rank 1, every rank gone ${secs} s after the SIGKILL (--collective-timeout 2, bound 12 s)"
 else fail "B: rc $rc after ${secs} s"; grep -v "^step" "$WORK/b.log" | tail -8; fi
 "$BIN/braid-ledger" "$B/ledger" >"$WORK/b.ledger" 2>&1; rc=$?
-if [ $rc -eq 0 ] && grep -q "^blame: rank 1 " "$WORK/b.ledger" && grep -q "rank 1 left no ledger" "$WORK/b.ledger"; then
+if [ $rc -eq 0 ] && grep -qE "^blame: rank 1( |$)" "$WORK/b.ledger" && grep -q "rank 1 left no ledger" "$WORK/b.ledger"; then
   pass "B: braid-ledger: $(grep '^verdict' "$WORK/b.ledger")"
 else fail "B: braid-ledger (rc $rc)"; cat "$WORK/b.ledger"; fi
 

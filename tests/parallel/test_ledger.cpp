@@ -17,16 +17,8 @@
 namespace braid {
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int w = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
+using test::world_rank;
+using test::world_size;
 
 TEST(Ledger, RingKeepsTheNewestCallsInOrder) {
   const size_t capacity = 8;

@@ -53,11 +53,7 @@ TrainConfig make_config(const Layout& l, const std::string& data, const std::str
   return c;
 }
 
-int world_size() {
-  int w = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &w);
-  return w;
-}
+using test::world_size;
 
 TEST(Resume, SameLayoutIsBitwiseExact) {
   auto data = test::make_token_dataset("resume", 96, 4096, 1024);
