@@ -10,12 +10,13 @@ failures=0
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-# expect_error NAME NP "expected message" ARGS... : braid-train must exit non-zero (not by a
-# signal or abort), and EVERY rank must print the expected message.
-expect_error() {
-  local name=$1 np=$2 msg=$3; shift 3
+# expect_program_error PROGRAM NAME NP "expected message" ARGS... : PROGRAM (in $BIN) must
+# exit non-zero (not by a signal or abort), and EVERY rank must print the expected message.
+# expect_error NAME NP "message" ARGS... is the same for braid-train.
+expect_program_error() {
+  local program=$1 name=$2 np=$3 msg=$4; shift 4
   local out="$WORK/$name.log"
-  timeout 120 $MPIRUN -n "$np" "$BIN/braid-train" "$@" >"$out" 2>&1
+  timeout 120 $MPIRUN -n "$np" "$BIN/$program" "$@" >"$out" 2>&1
   local rc=$?
   local count
   count=$(grep -F -c -- "$msg" "$out")
@@ -27,6 +28,7 @@ expect_error() {
     pass "$name (exit $rc, message on all $np ranks)"
   fi
 }
+expect_error() { expect_program_error braid-train "$@"; }
 
 # A small byte-level dataset from a generated text.
 make_text_dataset() {

@@ -36,20 +36,7 @@ print(m.start() if m else -1)
 PY
 }
 # expect_sample_error NAME NP "message" ARGS...: the same contract for braid-sample.
-expect_sample_error() {
-  local name=$1 np=$2 msg=$3; shift 3
-  local out="$WORK/$name.log"
-  timeout 120 $MPIRUN -n "$np" "$BIN/braid-sample" "$@" >"$out" 2>&1
-  local rc=$? count
-  count=$(grep -F -c -- "$msg" "$out")
-  if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || [ "$rc" -ge 128 ]; then
-    fail "$name: exit code $rc (want a clean non-zero exit)"; sed 's/^/    /' "$out" | head -20
-  elif [ "$count" -lt "$np" ]; then
-    fail "$name: '$msg' printed by $count of $np ranks"; sed 's/^/    /' "$out" | head -20
-  else
-    pass "$name (exit $rc, message on all $np ranks)"
-  fi
-}
+expect_sample_error() { expect_program_error braid-sample "$@"; }
 # A private mount namespace for the cases that mount a small file system, or exit 77.
 in_mount_namespace() {
   local ns
