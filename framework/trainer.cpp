@@ -360,8 +360,22 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
   if (val_loss) j["val_loss"] = *val_loss;
   if (r.skipped) j["skipped"] = true;
   if (skipped_steps_ > 0) j["skipped_steps"] = skipped_steps_;
-  std::ofstream f(fs::path(cfg_.out_dir) / "metrics.jsonl", std::ios::app);
-  f << j.dump() << "\n";
+  {
+    std::ofstream f(fs::path(cfg_.out_dir) / "metrics.jsonl", std::ios::app);
+    f << j.dump() << "\n";
+    f.close();
+    // Metrics are a log, not state: a full disk loses lines but must not stop training
+    // (checkpoints check their own writes). Said once, and again once writing works again.
+    const bool ok = !f.fail();
+    if (!ok && metrics_ok_)
+      std::fprintf(stderr, "%s warning: cannot append to %s/metrics.jsonl (disk full or quota?): step %lld and "
+                   "later lines are lost until writing works again; training goes on\n",
+                   error_prefix().c_str(), cfg_.out_dir.c_str(), static_cast<long long>(step_));
+    if (ok && !metrics_ok_)
+      std::fprintf(stderr, "%s metrics.jsonl writable again at step %lld\n", error_prefix().c_str(),
+                   static_cast<long long>(step_));
+    metrics_ok_ = ok;
+  }
   if (r.skipped) {  // always on the console, whatever --log-every and --quiet say
     std::printf("step %6lld/%lld | loss %g | norm %g | non-finite: update skipped on every rank "
                 "(%lld in a row, %lld in this run)\n",

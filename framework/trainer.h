@@ -94,6 +94,7 @@ class Trainer {
   int wte_bucket_ = -1;
   int64_t step_ = 0, data_position_ = 0;
   std::vector<double> losses_;
+  bool metrics_ok_ = true;  // the last metrics.jsonl append succeeded (rank 0)
   // Stop agreement inside a step (--pp 1 only): true after the schedule actions that end a
   // microbatch, except the last one (the end-of-step agreement follows it). With --pp > 1
   // the stages are at different microbatches at any moment and the engine holds messages
