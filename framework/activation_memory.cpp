@@ -242,14 +242,15 @@ void DryRun::backward(int c, ChunkActs& acts, Buf& dinput) {
 int64_t DryRun::train_peak() {
   const ScheduleSpec& spec = in_.schedule;
   const int P = spec.stages, G = P * spec.virtual_stages, stage = in_.layout.pp_rank;
-  const std::vector<Action> actions = make_schedule(spec).at(size_t(stage));
+  const auto schedule = make_schedule(spec);
+  const std::vector<Action>& actions = schedule.at(size_t(stage));
   using Key = std::pair<int, int>;
   mem_ = Tracker{};
   {
     std::map<Key, ChunkActs> acts;
     std::map<Key, Buf> act_in, grad_in, grad_out;
     // Sent tensors live until their send is known complete (send_completion_points).
-    const std::vector<int> done_at = send_completion_points(make_schedule(spec), spec).at(size_t(stage));
+    const std::vector<int> done_at = send_completion_points(schedule, spec).at(size_t(stage));
     std::map<int, Buf> sends;
     std::map<int, std::vector<int>> complete_after;
     for (size_t i = 0; i < actions.size(); ++i) {

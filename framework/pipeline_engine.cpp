@@ -7,7 +7,11 @@ PipelineEngine::PipelineEngine(Gpt& model, ProcessGroups& groups, ScheduleSpec s
   validate_schedule_spec(spec_);
   auto all = make_schedule(spec_);
   actions_ = all.at(groups_.grid.pp_rank);
-  send_done_at_ = send_completion_points(all, spec_).at(size_t(groups_.grid.pp_rank));
+  // Per action: the sends (by action index) known complete once it has run.
+  const std::vector<int> done_at = send_completion_points(all, spec_).at(size_t(groups_.grid.pp_rank));
+  complete_after_.assign(actions_.size(), {});
+  for (size_t i = 0; i < done_at.size(); ++i)
+    if (done_at[i] >= 0) complete_after_[size_t(done_at[i])].push_back(int(i));
   if (spec_.stages > 1) {
     // Channels for the training schedule; evaluation (run_forward) only uses activation
     // channels stage s -> s + 1 (mod P), which training uses too.
@@ -43,9 +47,8 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
   const int G = P * V;
   std::map<Key, ChunkActivations> acts;
   std::map<Key, Tensor> act_in, grad_in, grad_out;
-  // In-flight sends by action index, and after which action each is known complete.
+  // In-flight sends by action index.
   std::map<int, std::pair<std::unique_ptr<CommRequest>, Tensor>> sends;
-  std::map<int, std::vector<int>> complete_after;
   std::vector<int> backwards_done(V, 0);
   double loss_sum = 0;
   for (size_t i = 0; i < actions_.size(); ++i) {
@@ -105,7 +108,6 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
         // once this stage has run an action that follows the peer's receive, else at the end.
         sends[int(i)] = {pp.channel_send(p2p_channel(a, stage), t.raw(), t.numel(), t.dtype(),
                                          message_tag(a, stage, spec_)), t};
-        if (send_done_at_[i] >= 0) complete_after[send_done_at_[i]].push_back(int(i));
         break;
       }
       case ActionKind::RecvAct:
@@ -118,12 +120,9 @@ double PipelineEngine::run_train(const std::vector<std::vector<int32_t>>& tokens
     }
     // Sends that have completed by now (MPI: the wait returns at once; NCCL: later compute
     // is ordered after the send's kernel, which has met its receive): free their tensors.
-    if (auto it = complete_after.find(int(i)); it != complete_after.end()) {
-      for (int j : it->second) {
-        sends.at(j).first->wait();
-        sends.erase(j);
-      }
-      complete_after.erase(it);
+    for (int j : complete_after_[i]) {
+      sends.at(j).first->wait();
+      sends.erase(j);
     }
     poll();
   }

@@ -44,7 +44,9 @@ class PipelineEngine {
   ProcessGroups& groups_;
   ScheduleSpec spec_;
   std::vector<Action> actions_;  // this stage's list
-  std::vector<int> send_done_at_;  // per action: send_completion_points of this stage
+  // Per action of this stage: the sends (action indices) that send_completion_points
+  // proves complete once it has run; their tensors are freed there.
+  std::vector<std::vector<int>> complete_after_;
   int peak_live_ = 0;
   // True when the PP communicator carries the channels on ordered links (NCCL).
   bool ordered_channels_ = false;
