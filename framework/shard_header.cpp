@@ -34,16 +34,14 @@ void validate_shard_header(const ShardHeader& h, const std::string& path) {
   BRAID_REQUIRE(h.token_bytes == 4 || h.vocab_size <= 65536,
                 "shard " << path << " stores uint16 tokens but declares vocabulary " << h.vocab_size
                          << " (> 65536)");
-  // token_count <= 2^63 and token_bytes <= 4: the product needs care only past 2^62.
-  const uint64_t data_bytes = h.tokens_length > (uint64_t(1) << 61) ? std::numeric_limits<uint64_t>::max()
-                                                                    : h.tokens_length * h.token_bytes;
   if (!h.tokens_filtered) {
     // Unwritten chunks read back as zeros: a forged extent without data is refused here,
-    // before a buffer of its size is allocated.
-    BRAID_REQUIRE(h.tokens_storage_bytes >= data_bytes,
-                  "shard " << path << ": /tokens claims " << h.token_count << " tokens (" << data_bytes
-                           << " bytes) but stores only " << h.tokens_storage_bytes
-                           << " bytes (truncated or forged)");
+    // before a buffer of its size is allocated. Compared by division: tokens_length x
+    // token_bytes can exceed 2^64 in a forged header (a saturated product would let a
+    // saturated storage size pass; found by fuzz_shard_header).
+    BRAID_REQUIRE(h.tokens_storage_bytes / h.token_bytes >= h.tokens_length,
+                  "shard " << path << ": /tokens claims " << h.token_count << " tokens of " << h.token_bytes
+                           << " bytes but stores only " << h.tokens_storage_bytes << " bytes (truncated or forged)");
   }
   BRAID_REQUIRE(h.tokens_storage_bytes <= h.file_bytes,
                 "shard " << path << ": /tokens has " << h.tokens_storage_bytes << " bytes of storage but the file has "

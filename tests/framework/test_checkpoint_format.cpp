@@ -277,6 +277,13 @@ TEST(ShardHeaderValidation, ForgedShapesAndAttributesAreRefused) {
       {[](auto& h) { h.token_count = h.tokens_length = int64_t{1} << 28, h.crcs_length = 1 << 20; },
        "stores only 2000 bytes"},
       {[](auto& h) { h.tokens_storage_bytes = 20000; }, "the file has 10000 bytes"},
+      // Found by fuzz_shard_header: a count whose byte size exceeds 2^64 next to a storage
+      // size of 2^64-1 must not pass as "stored in full".
+      {[](auto& h) {
+         h.token_count = h.tokens_length = int64_t{8434752815095611392};
+         h.token_bytes = 4, h.tokens_storage_bytes = h.file_bytes = UINT64_MAX, h.format_version = 1;
+       },
+       "stores only 18446744073709551615 bytes"},
       {[](auto& h) { h.checksum_block_tokens = 0; }, "checksum_block_tokens"},
       {[](auto& h) { h.crcs_length = 5; }, "/tokens_crc32"},
       {[](auto& h) { h.crcs_uint32 = false; }, "/tokens_crc32"},
