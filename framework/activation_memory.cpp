@@ -45,7 +45,7 @@ struct LayerActs {  // gpt.h LayerActivations
 
 struct ChunkActs {  // gpt.h ChunkActivations
   std::vector<LayerActs> layers;
-  Buf output, lnf, lnf_mean, lnf_rstd, lnf_full, logits;
+  Buf output, lnf, lnf_mean, lnf_rstd, lnf_full, logits, dlnf_full;
 };
 
 class DryRun {
@@ -114,10 +114,10 @@ class DryRun {
   void layer_backward(LayerActs& a, Buf& dx);
   void embedding_forward(Buf& out);
   void embedding_backward(const Buf& dx);
-  void head_forward(ChunkActs& acts);
-  void head_backward(Buf& dx);
-  void cross_entropy();
-  void forward(int c, ChunkActs& acts, const Buf* input);
+  void head_forward(ChunkActs& acts, bool compute_grad);
+  void head_backward(ChunkActs& acts, Buf& dx);
+  void cross_entropy(int64_t rows);
+  void forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad);
   void backward(int c, ChunkActs& acts, Buf& dinput);
 
   int global(int c) const { return in_.layout.global_chunk(c); }
@@ -175,12 +175,12 @@ void DryRun::layer_backward(LayerActs& a, Buf& dx) {
   a = LayerActs{};
 }
 
-void DryRun::cross_entropy() {
+void DryRun::cross_entropy(int64_t rows) {
   // CudaBackend::cross_entropy: the targets uploaded and four [N] f32 row vectors for the
   // call's duration. The CPU backend keeps these in std::vector (not tensor memory).
   if (!in_.cuda) return;
-  Buf targets = alloc(std::max<int64_t>(N_, 1) * 4);
-  Buf row_max = stats(N_), row_sum = stats(N_), tlogit = stats(N_), losses = stats(N_);
+  Buf targets = alloc(std::max<int64_t>(rows, 1) * 4);
+  Buf row_max = stats(rows), row_sum = stats(rows), tlogit = stats(rows), losses = stats(rows);
 }
 
 // gpt.cpp Gpt::embedding_forward
@@ -197,24 +197,42 @@ void DryRun::embedding_backward(const Buf& dx) {
 }
 
 // gpt.cpp Gpt::head_forward
-void DryRun::head_forward(ChunkActs& acts) {
+void DryRun::head_forward(ChunkActs& acts, bool compute_grad) {
   acts.lnf = act(Ns_ * C_);
   acts.lnf_mean = stats(Ns_);
   acts.lnf_rstd = stats(Ns_);
   to_full_seq(acts.lnf, acts.lnf_full);
-  acts.logits = act(N_ * Vl_);
-  cross_entropy();
+  if (in_.loss_chunk_bytes <= 0) {
+    acts.logits = act(N_ * Vl_);
+    cross_entropy(N_);
+    return;
+  }
+  const int64_t rows = loss_chunk_rows(in_.loss_chunk_bytes, N_, Vl_, int(act_bytes_));
+  if (compute_grad) acts.dlnf_full = act(N_ * C_);
+  for (int64_t r0 = 0; r0 < N_; r0 += rows) {
+    const int64_t n = std::min(rows, N_ - r0);
+    Buf logits = act(n * Vl_);
+    cross_entropy(n);
+  }
+  acts.lnf_full.reset();
+  acts.lnf.reset();
 }
 
 // gpt.cpp Gpt::head_backward
-void DryRun::head_backward(Buf& dx) {
-  Buf dlnf_full = act(N_ * C_), dlnf;
+void DryRun::head_backward(ChunkActs& acts, Buf& dx) {
+  Buf dlnf_full, dlnf;
+  if (acts.dlnf_full) {
+    dlnf_full = std::move(acts.dlnf_full);
+    acts.dlnf_full.reset();
+  } else {
+    dlnf_full = act(N_ * C_);
+  }
   grad_from_full_seq(dlnf_full, dlnf);
   dx = act(Ns_ * C_);  // activation_zeros
 }
 
 // gpt.cpp Gpt::forward
-void DryRun::forward(int c, ChunkActs& acts, const Buf* input) {
+void DryRun::forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad) {
   Buf x;
   if (has_embedding(c)) embedding_forward(x);
   else x = *input;
@@ -225,13 +243,13 @@ void DryRun::forward(int c, ChunkActs& acts, const Buf* input) {
     x = out;
   }
   acts.output = x;
-  if (has_head(c)) head_forward(acts);
+  if (has_head(c)) head_forward(acts, compute_grad);
 }
 
 // gpt.cpp Gpt::backward (for a non-last chunk the engine's received gradient is cloned)
 void DryRun::backward(int c, ChunkActs& acts, Buf& dinput) {
   Buf dx;
-  if (has_head(c)) head_backward(dx);
+  if (has_head(c)) head_backward(acts, dx);
   else dx = act(Ns_ * C_);
   for (auto it = acts.layers.rbegin(); it != acts.layers.rend(); ++it) layer_backward(*it, dx);
   if (has_embedding(c)) embedding_backward(dx);
@@ -261,7 +279,7 @@ int64_t DryRun::train_peak() {
         case ActionKind::Forward: {
           ChunkActs& ca = acts[k];
           const Buf* input = has_embedding(a.chunk) ? nullptr : &act_in.at(k);
-          forward(a.chunk, ca, input);
+          forward(a.chunk, ca, input, /*compute_grad=*/true);
           act_in.erase(k);
           if (P == 1 && g < G - 1) act_in[{a.microbatch, a.chunk + 1}] = ca.output;
           break;
@@ -310,7 +328,7 @@ int64_t DryRun::eval_peak() {
         ChunkActs ca;
         Buf input;
         if (g > 0) input = P == 1 ? carry : act(Ns_ * C_);
-        forward(c, ca, g > 0 ? &input : nullptr);
+        forward(c, ca, g > 0 ? &input : nullptr, /*compute_grad=*/false);
         if (g < G - 1) {
           if (P == 1) carry = ca.output;
           else sends.push_back(ca.output);

@@ -28,6 +28,7 @@ struct ActivationPlanInput {
   ScheduleSpec schedule;       // stages == layout.pp
   bool cuda = false;           // bf16 activations, CUDA attention state
   int eval_microbatches = 0;   // validation pass (run_forward) microbatches
+  int64_t loss_chunk_bytes = 0;  // Gpt::set_loss_chunk_bytes
 };
 
 struct ActivationPlan {

@@ -264,20 +264,51 @@ void Gpt::head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tenso
   to_full_seq(acts.lnf, acts.lnf_full);
   const Param& wte = (*store_)[ch.wte];
   const int Vl = int(wte.spec.storage_rows);
-  acts.logits = be_.activation({B_, T, Vl});
-  be_.matmul_forward(acts.logits, acts.lnf_full, ch.wte, -1, N, C, Vl);
-  if (acts.targets.empty()) return;  // inference: keep the logits
+  if (acts.targets.empty() || loss_chunk_bytes_ <= 0) {
+    acts.logits = be_.activation({B_, T, Vl});
+    be_.matmul_forward(acts.logits, acts.lnf_full, ch.wte, -1, N, C, Vl);
+    if (acts.targets.empty()) return;  // inference: keep the logits
+    BRAID_CHECK(int64_t(acts.targets.size()) == N, "targets size");
+    acts.loss_sum = be_.cross_entropy(acts.logits, acts.targets, N, Vl, wte.spec.shard_offset,
+                                      cfg_.vocab_size, tp_, compute_grad, dloss_scale);
+    return;
+  }
+  // Chunked loss: logits of `rows` rows at a time; with compute_grad each chunk's dlogits
+  // goes straight into d(lnf_full) and the tied embedding's gradient.
   BRAID_CHECK(int64_t(acts.targets.size()) == N, "targets size");
-  acts.loss_sum = be_.cross_entropy(acts.logits, acts.targets, N, Vl, wte.spec.shard_offset,
-                                    cfg_.vocab_size, tp_, compute_grad, dloss_scale);
+  const int64_t rows = loss_chunk_rows(loss_chunk_bytes_, N, Vl, int(dtype_bytes(be_.activation_dtype())));
+  if (compute_grad) acts.dlnf_full = be_.activation({B_, T, C});
+  acts.loss_sum = 0;
+  for (int64_t r0 = 0; r0 < N; r0 += rows) {
+    const int64_t n = std::min(rows, N - r0);
+    const Tensor in = acts.lnf_full.view(r0 * C, {n, C});
+    Tensor logits = be_.activation({n, Vl});
+    be_.matmul_forward(logits, in, ch.wte, -1, n, C, Vl);
+    const std::vector<int32_t> targets(acts.targets.begin() + r0, acts.targets.begin() + r0 + n);
+    acts.loss_sum += be_.cross_entropy(logits, targets, n, Vl, wte.spec.shard_offset, cfg_.vocab_size, tp_,
+                                       compute_grad, dloss_scale);
+    if (compute_grad) {
+      Tensor din = acts.dlnf_full.view(r0 * C, {n, C});
+      be_.matmul_backward(&din, logits, in, ch.wte, -1, n, C, Vl);
+    }
+  }
+  // The backward needs only d(lnf_full), the input and the statistics.
+  acts.lnf_full = Tensor{};
+  acts.lnf = Tensor{};
 }
 
 void Gpt::head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int64_t N = int64_t(B_) * T;
-  const int Vl = int((*store_)[ch.wte].spec.storage_rows);
-  Tensor dlnf_full = be_.activation({B_, T, C}), dlnf;
-  be_.matmul_backward(&dlnf_full, acts.logits, acts.lnf_full, ch.wte, -1, N, C, Vl);
+  Tensor dlnf_full, dlnf;
+  if (acts.dlnf_full.defined()) {  // chunked loss: the head's GEMMs ran in the forward
+    dlnf_full = std::move(acts.dlnf_full);
+    acts.dlnf_full = Tensor{};
+  } else {
+    const int Vl = int((*store_)[ch.wte].spec.storage_rows);
+    dlnf_full = be_.activation({B_, T, C});
+    be_.matmul_backward(&dlnf_full, acts.logits, acts.lnf_full, ch.wte, -1, N, C, Vl);
+  }
   grad_from_full_seq(dlnf_full, dlnf);
   dx = be_.activation_zeros({B_, Ts, C});
   be_.layernorm_backward_accumulate(dx, dlnf, acts.output, ch.lnfw, ch.lnfb, acts.lnf_mean, acts.lnf_rstd);

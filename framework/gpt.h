@@ -47,7 +47,9 @@ struct ChunkActivations {
   std::vector<LayerActivations> layers;
   Tensor output;                  // [B,Ts,C] residual out (sent to the next chunk)
   // Head: final layernorm and logits (overwritten in place by dlogits when training).
-  Tensor lnf, lnf_mean, lnf_rstd, lnf_full, logits;
+  // With a chunked loss (Gpt::set_loss_chunk_bytes) no logits outlive the forward: the
+  // head's backward runs chunk by chunk inside it and leaves d(lnf_full) in dlnf_full.
+  Tensor lnf, lnf_mean, lnf_rstd, lnf_full, logits, dlnf_full;
   double loss_sum = 0;            // sum of per-token losses of this microbatch (this rank's rows)
 };
 
@@ -83,6 +85,13 @@ class Gpt {
 
   int micro_batch() const { return B_; }
 
+  // Loss over row chunks whose logits take at most `bytes` (0 = one [B*T, Vl] logits
+  // tensor kept from forward to backward). Chunked, a training forward of the last chunk
+  // also runs the head's backward (dW of the tied embedding accumulates then) and keeps
+  // only d(lnf) [B,T,C]; evaluation computes the loss chunk by chunk. Inference (no
+  // targets) always keeps the whole logits.
+  void set_loss_chunk_bytes(int64_t bytes) { loss_chunk_bytes_ = bytes; }
+
  private:
   void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out);
   void layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx /* in: dout, out: dinput */,
@@ -106,6 +115,7 @@ class Gpt {
   ParamStore* store_ = nullptr;
   std::vector<ModelChunk> chunks_;
   Backend& be_;
+  int64_t loss_chunk_bytes_ = 0;
 };
 
 }  // namespace braid

@@ -1,5 +1,6 @@
 #include "framework/model_config.h"
 
+#include <algorithm>
 #include <numeric>
 #include <sstream>
 
@@ -67,6 +68,13 @@ ModelLayout make_model_layout(const ModelConfig& m, int tp, int tp_rank, int pp,
     l.chunk_layers = pp_layers;
   }
   return l;
+}
+
+int64_t loss_chunk_rows(int64_t budget_bytes, int64_t N, int64_t Vl, int elem_bytes) {
+  if (budget_bytes <= 0) return N;
+  int64_t rows = std::max<int64_t>(1, budget_bytes / (Vl * elem_bytes));
+  if (rows > 128) rows -= rows % 128;
+  return std::min(rows, std::max<int64_t>(N, 1));
 }
 
 }  // namespace braid

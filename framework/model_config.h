@@ -36,6 +36,12 @@ struct ModelLayout {
   int seq_local(const ModelConfig& m) const { return sequence_parallel ? m.seq_len / tp : m.seq_len; }
 };
 
+// Rows of the LM head and loss computed at once when the loss is chunked (--loss-chunk-mib):
+// as many as keep one chunk's logits [rows, Vl] within budget_bytes (at least one row),
+// rounded down to a multiple of 128 (GEMM tiles) when there are more than 128; 0 budget =
+// all N rows at once. Identical on every TP rank (Vl is), so their collectives pair up.
+int64_t loss_chunk_rows(int64_t budget_bytes, int64_t N, int64_t Vl, int elem_bytes);
+
 // Validates the model against the layout (heads, width, layers, sequence for SP) and fills
 // chunk_layers from an explicit split (pp_layers; empty = even). Throws InputError naming
 // the flags on mismatch.

@@ -43,6 +43,7 @@ struct TrainConfig {
   bool quiet = false;
   std::string device = "cpu";       // cpu | cuda
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
+  double loss_chunk_mib = 256;      // logits budget of the chunked LM head + loss; 0 = unchunked
   int local_device = 0;             // GPU of this rank (set by the entry point)
   std::string comm = "auto";        // auto | mpi | nccl: data plane of GPU collectives  // no per-step console lines (metrics.jsonl is still written)
   // faults (see README "Faults"): watchdog, non-finite steps, test-only injection
@@ -57,6 +58,7 @@ struct TrainConfig {
   int dp = 0;             // data-parallel size: 0 = what the world gives; a plan's world is tp*pp*dp
 
   int64_t global_batch(int dp) const { return int64_t(micro_batch) * grad_accum * dp; }
+  int64_t loss_chunk_bytes() const { return int64_t(loss_chunk_mib * 1024 * 1024); }
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& j);
 };

@@ -30,12 +30,14 @@ struct Case {
   bool sp = false;
   int zero = 0;
   int microbatches = 2;
+  int64_t loss_chunk_bytes = 3072;  // 6 rows of 32 at TP 1 (f32, vocab 128), 12 at TP 2
   std::string name() const {
     std::ostringstream os;
     os << "tp" << tp << "_pp" << pp << "_dp" << dp << "_" << schedule << "_m" << microbatches;
     if (vs > 1) os << "_v" << vs;
     if (sp) os << "_sp";
     if (zero) os << "_zero1";
+    os << "_loss" << loss_chunk_bytes;
     return os.str();
   }
   int world() const { return tp * pp * dp; }
@@ -65,13 +67,16 @@ TrainConfig case_config(const Case& k, const std::string& data, const std::strin
   c.sequence_parallel = k.sp;
   c.zero = k.zero;
   c.grad_accum = k.microbatches;
+  c.loss_chunk_mib = double(k.loss_chunk_bytes) / (1024 * 1024);
   return c;
 }
 
 std::vector<Case> cases() {
   return {
+      {.loss_chunk_bytes = 0},  // unchunked: the logits live from forward to backward
       {},
       {.tp = 2},
+      {.tp = 2, .loss_chunk_bytes = 0},
       {.tp = 2, .sp = true},
       {.pp = 2, .microbatches = 4},
       {.pp = 2, .schedule = "gpipe", .microbatches = 4},
@@ -249,6 +254,36 @@ TEST(MemoryPlan, ReportsEveryFailingCheckAtOnce) {
   EXPECT_NE(text.find("--layers 8 is fewer than --pp 16"), std::string::npos) << text;
   EXPECT_NE(text.find("--virtual-stages >= 2"), std::string::npos) << text;
   EXPECT_FALSE(train_plan_json(p)["ok"].get<bool>());
+}
+
+// GPT-2 124M, B16 x T1024 on one GPU: unchunked, the bf16 logits [16384, 50304] (1.57 GiB)
+// are alive at the end of the forward, on top of every layer's activations, and that is
+// the step's peak. Chunked, the forward holds one chunk's logits and d(lnf) [16384, 768]
+// instead, and the peak moves elsewhere (it no longer depends on the chunk size).
+TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
+  TrainConfig c;
+  c.model.n_layer = 12, c.model.n_head = 12, c.model.n_embd = 768, c.model.seq_len = 1024;
+  c.model.vocab_size = 50257;
+  c.micro_batch = 16;
+  c.device = "cuda";
+  auto plan = [&](double mib) {
+    c.loss_chunk_mib = mib;
+    return plan_rank_memory(c, 1, 0, 0);
+  };
+  const RankMemoryPlan whole = plan(0), c64 = plan(64), c256 = plan(256);
+  const int64_t N = 16 * 1024, V = 50304, C = 768;
+  EXPECT_EQ(loss_chunk_rows(int64_t{256} << 20, N, V, 2), 2560);
+  EXPECT_EQ(loss_chunk_rows(int64_t{64} << 20, N, V, 2), 640);
+  // At most what the head held at the end of the forward (the logits and the CUDA loss's
+  // five [N] row vectors) less what the chunked head holds there (one chunk, its row
+  // vectors, d(lnf_full)) is saved, at least that much when the peak moved elsewhere.
+  const int64_t head_saving = N * V * 2 + 5 * N * 4 - (2560 * V * 2 + 5 * 2560 * 4 + N * C * 2);
+  EXPECT_GE(whole.activation_bytes - c256.activation_bytes, head_saving);
+  EXPECT_EQ(c64.activation_bytes, c256.activation_bytes) << "the head is still the training peak";
+  EXPECT_GT(whole.activation_bytes - c256.activation_bytes, int64_t(1500) << 20);  // what the option is for
+  // Evaluation has no backward: its peak is the head's, one chunk's logits and row vectors.
+  EXPECT_EQ(c256.eval_activation_bytes - c64.eval_activation_bytes, (2560 - 640) * (V * 2 + 5 * 4));
+  EXPECT_GT(whole.eval_activation_bytes, c256.eval_activation_bytes);
 }
 
 TEST(MemoryPlan, PlansSixteenRanksOnOneProcess) {
