@@ -61,15 +61,17 @@ ncclDataType_t nccl_dtype(DType t) {
   return ncclFloat32;
 }
 
-class NoopRequest : public CommRequest {
- public:
-  void wait() override {}  // ordered on the device by stream events
-};
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(std::unique_ptr<Communicator> mpi, cudaStream_t compute, cudaStream_t comm)
-      : mpi_(std::move(mpi)), compute_(compute), comm_stream_(comm), name_(mpi_->name() + "/nccl") {
+  NcclCommunicator(std::unique_ptr<Communicator> mpi, cudaStream_t compute)
+      : mpi_(std::move(mpi)), compute_(compute), name_(mpi_->name() + "/nccl") {
+    // The group's own stream (blocking, like the compute stream, so legacy default-stream
+    // copies stay ordered with it), at the highest priority: a bucket's all-reduce queued
+    // behind another group's collective, or starved by compute kernels, would not overlap.
+    int least = 0, greatest = 0;
+    BRAID_CHECK_CUDART(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    BRAID_CHECK_CUDART(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamDefault, greatest));
     ncclUniqueId id;
     if (mpi_->rank() == 0) BRAID_CHECK_NCCL(ncclGetUniqueId(&id));
     BRAID_CHECK_MPI(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, mpi_->control()));
@@ -96,6 +98,7 @@ class NcclCommunicator : public Communicator {
     }
     if (compute_done_) cudaEventDestroy(compute_done_);
     if (comm_done_) cudaEventDestroy(comm_done_);
+    if (comm_stream_) cudaStreamDestroy(comm_stream_);
   }
   int rank() const override { return mpi_->rank(); }
   int size() const override { return mpi_->size(); }
@@ -109,10 +112,14 @@ class NcclCommunicator : public Communicator {
                                    op == ReduceOp::Sum ? ncclSum : ncclMax, comm_, comm_stream_));
     after();
   }
+  // Non-blocking: the compute stream goes on (the rest of the backward) while the group's
+  // stream reduces; the request's wait() orders later compute after this collective.
   std::unique_ptr<CommRequest> all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) override {
     if (!is_device_pointer(buf)) return mpi_->all_reduce_async(buf, count, dtype, op);
-    all_reduce(buf, count, dtype, op);  // asynchronous on the device already
-    return std::make_unique<NoopRequest>();
+    before();
+    BRAID_CHECK_NCCL(ncclAllReduce(buf, buf, size_t(count), nccl_dtype(dtype),
+                                   op == ReduceOp::Sum ? ncclSum : ncclMax, comm_, comm_stream_));
+    return pending_request();
   }
   void all_gather(const void* send, void* recv, int64_t count, DType dtype) override {
     if (!is_device_pointer(send) || !is_device_pointer(recv)) return mpi_->all_gather(send, recv, count, dtype);
@@ -129,8 +136,9 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<CommRequest> reduce_scatter_async(const void* send, void* recv, int64_t count,
                                                     DType dtype) override {
     if (!is_device_pointer(send) || !is_device_pointer(recv)) return mpi_->reduce_scatter_async(send, recv, count, dtype);
-    reduce_scatter(send, recv, count, dtype);
-    return std::make_unique<NoopRequest>();
+    before();
+    BRAID_CHECK_NCCL(ncclReduceScatter(send, recv, size_t(count), nccl_dtype(dtype), ncclSum, comm_, comm_stream_));
+    return pending_request();
   }
   void broadcast(void* buf, int64_t count, DType dtype, int root) override {
     if (!is_device_pointer(buf)) return mpi_->broadcast(buf, count, dtype, root);
@@ -196,7 +204,7 @@ class NcclCommunicator : public Communicator {
     cudaEvent_t sent = nullptr;  // marks this send only: later sends on the channel may wait long
     BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&sent, cudaEventDisableTiming));
     BRAID_CHECK_CUDART(cudaEventRecord(sent, c.stream));
-    return std::make_unique<ChannelRequest>(sent, compute_);
+    return std::make_unique<StreamRequest>(sent, compute_);
   }
   void channel_recv(const P2PChannel& ch, void* buf, int64_t count, DType dtype, int tag) override {
     auto it = channels_.find(ch);
@@ -222,6 +230,13 @@ class NcclCommunicator : public Communicator {
     BRAID_CHECK_CUDART(cudaEventRecord(comm_done_, comm_stream_));
     BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, comm_done_, 0));
   }
+  // after(), deferred to the request's wait(): an event marking this collective's end.
+  std::unique_ptr<CommRequest> pending_request() {
+    cudaEvent_t done = nullptr;
+    BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    BRAID_CHECK_CUDART(cudaEventRecord(done, comm_stream_));
+    return std::make_unique<StreamRequest>(done, compute_);
+  }
 
   std::unique_ptr<Communicator> mpi_;
   cudaStream_t compute_, comm_stream_;
@@ -235,12 +250,12 @@ class NcclCommunicator : public Communicator {
     cudaStream_t stream = nullptr;
     cudaEvent_t ready = nullptr, done = nullptr;
   };
-  // Completes a send in the compute stream's order: later compute (which may reuse the
-  // buffer) waits for this send's kernel, and only for it.
-  class ChannelRequest : public CommRequest {
+  // Completes a send or a non-blocking collective in the compute stream's order: later
+  // compute (which may reuse or read the buffer) waits for that kernel, and only for it.
+  class StreamRequest : public CommRequest {
    public:
-    ChannelRequest(cudaEvent_t sent, cudaStream_t compute) : sent_(sent), compute_(compute) {}
-    ~ChannelRequest() override {
+    StreamRequest(cudaEvent_t sent, cudaStream_t compute) : sent_(sent), compute_(compute) {}
+    ~StreamRequest() override {
       if (!waited_) cudaStreamWaitEvent(compute_, sent_, 0);  // never free a buffer under a send
       cudaEventDestroy(sent_);  // released once the recorded work completes
     }
@@ -260,13 +275,11 @@ class NcclCommunicator : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> mpi, void* compute_stream,
-                                                     void* comm_stream) {
-  return std::make_unique<NcclCommunicator>(std::move(mpi), static_cast<cudaStream_t>(compute_stream),
-                                            static_cast<cudaStream_t>(comm_stream));
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> mpi, void* compute_stream) {
+  return std::make_unique<NcclCommunicator>(std::move(mpi), static_cast<cudaStream_t>(compute_stream));
 }
 #else
-std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator>, void*, void*) {
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator>, void*) {
   throw InputError("--comm nccl: this build of Braid has no CUDA/NCCL backend");
 }
 #endif

@@ -1,6 +1,8 @@
-// NCCL communicator: collectives on device buffers run over NCCL on the rank's
+// NCCL communicator: collectives on device buffers run over NCCL on the group's own
 // communication stream, ordered after the compute stream's work by an event and before
-// the compute stream's later work by another (no host synchronisation). Host buffers,
+// the compute stream's later work by another (no host synchronisation); the non-blocking
+// ones (all_reduce_async, reduce_scatter_async: gradient buckets) defer that second edge
+// to the request's wait(), so the backward computes while they run. Host buffers,
 // tagged point-to-point messages and the control plane go through the MPI communicator of
 // the same group, which it owns. NCCL is bootstrapped over MPI: rank 0 makes the unique
 // id, broadcasts it, all ranks meet at a barrier, then ncclCommInitRank.
@@ -16,10 +18,9 @@
 
 namespace braid {
 
-// Wraps `mpi` (same group). Streams are cudaStream_t passed as void* so that this header
-// needs no CUDA. Throws if this build has no CUDA/NCCL.
-std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> mpi,
-                                                     void* compute_stream, void* comm_stream);
+// Wraps `mpi` (same group). The compute stream is a cudaStream_t passed as void* so that
+// this header needs no CUDA. Throws if this build has no CUDA/NCCL.
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> mpi, void* compute_stream);
 
 // True when every rank of `group` drives a different GPU (NCCL refuses two ranks of one
 // communicator on the same device). device_index: this rank's GPU.
