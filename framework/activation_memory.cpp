@@ -150,7 +150,8 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
   a.ln2_rstd = stats(Ns_);
   to_full_seq(a.ln2, a.ln2_full);
   a.fch = act(N_ * 4 * Cl_);
-  a.fch_gelu = act(N_ * 4 * Cl_);
+  Buf gelu_out = act(N_ * 4 * Cl_);
+  if (!in_.recompute_gelu) a.fch_gelu = gelu_out;
   Buf fc_partial = act(N_ * C_), fcproj;
   partial_to_local(fc_partial, fcproj);
   out = act(Ns_ * C_);
@@ -158,14 +159,19 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
 
 // gpt.cpp Gpt::layer_backward
 void DryRun::layer_backward(LayerActs& a, Buf& dx) {
-  Buf dres2 = act(Ns_ * C_);  // dx.clone()
+  Buf dres2 = dx;
   Buf dpartial;
   grad_to_partial(dx, dpartial);
   Buf dgelu = act(N_ * 4 * Cl_);
+  {
+    Buf gelu_out = std::move(a.fch_gelu);
+    a.fch_gelu.reset();
+    if (!gelu_out) gelu_out = act(N_ * 4 * Cl_);  // recomputed
+  }
   Buf dfch = act(N_ * 4 * Cl_);
   Buf dln2_full = act(N_ * C_), dln2;
   grad_from_full_seq(dln2_full, dln2);
-  Buf dinp = act(Ns_ * C_);  // dres2.clone()
+  Buf dinp = dres2;
   grad_to_partial(dres2, dpartial);
   Buf datty = act(N_ * Cl_);
   Buf dqkv = act(N_ * 3 * Cl_);

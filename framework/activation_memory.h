@@ -29,6 +29,7 @@ struct ActivationPlanInput {
   bool cuda = false;           // bf16 activations, CUDA attention state
   int eval_microbatches = 0;   // validation pass (run_forward) microbatches
   int64_t loss_chunk_bytes = 0;  // Gpt::set_loss_chunk_bytes
+  bool recompute_gelu = false;   // Gpt::set_recompute_gelu
 };
 
 struct ActivationPlan {

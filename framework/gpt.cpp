@@ -176,10 +176,11 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   be_.residual_layernorm_forward(a.res2, a.ln2, a.ln2_mean, a.ln2_rstd, x, proj, lp.ln2w, lp.ln2b);
   to_full_seq(a.ln2, a.ln2_full);
   a.fch = be_.activation({B_, T, 4 * Cl});
-  a.fch_gelu = be_.activation({B_, T, 4 * Cl});
-  be_.matmul_gelu_forward(a.fch, a.fch_gelu, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
+  Tensor gelu_out = be_.activation({B_, T, 4 * Cl});
+  be_.matmul_gelu_forward(a.fch, gelu_out, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
+  if (!recompute_gelu_) a.fch_gelu = gelu_out;  // else freed below, recomputed in backward
   Tensor fc_partial = be_.activation({B_, T, C}), fcproj;
-  be_.matmul_forward(fc_partial, a.fch_gelu, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, 4 * Cl, C);
+  be_.matmul_forward(fc_partial, gelu_out, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, 4 * Cl, C);
   partial_to_local(fc_partial, fcproj);
   out = be_.activation({B_, Ts, C});
   be_.residual_forward(out, a.res2, fcproj);
@@ -194,13 +195,22 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
     if (last_mb)
       for (int i : ids) final_fn(i);
   };
-  // MLP half: out = res2 + FcProj(GELU(Fc(LN2(res2))))
-  Tensor dres2 = dx.clone();
+  // MLP half: out = res2 + FcProj(GELU(Fc(LN2(res2)))). The residual gradient is dx
+  // itself: every read of dx below comes before the layernorm backward adds into it.
+  Tensor dres2 = dx;
   be_.bias_backward(dx, lp.fcprojb, Ns, C);
   Tensor dpartial;
   grad_to_partial(dx, dpartial);
   Tensor dgelu = be_.activation({B_, T, 4 * Cl});
-  be_.matmul_backward(&dgelu, dpartial, a.fch_gelu, lp.fcprojw, -1, N, 4 * Cl, C);
+  {
+    Tensor gelu_out = std::move(a.fch_gelu);
+    a.fch_gelu = Tensor{};
+    if (!gelu_out.defined()) {  // --recompute gelu
+      gelu_out = be_.activation({B_, T, 4 * Cl});
+      be_.gelu_forward(gelu_out, a.fch);
+    }
+    be_.matmul_backward(&dgelu, dpartial, gelu_out, lp.fcprojw, -1, N, 4 * Cl, C);
+  }
   done({lp.fcprojb, lp.fcprojw});
   Tensor dfch = be_.activation({B_, T, 4 * Cl});
   be_.gelu_backward(dfch, a.fch, dgelu);
@@ -211,8 +221,8 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   be_.layernorm_backward_accumulate(dres2, dln2, a.res2, lp.ln2w, lp.ln2b, a.ln2_mean, a.ln2_rstd);
   done({lp.ln2w, lp.ln2b});
 
-  // Attention half: res2 = x + Proj(Attn(LN1(x)))
-  Tensor dinp = dres2.clone();
+  // Attention half: res2 = x + Proj(Attn(LN1(x))); the input gradient is dres2 itself.
+  Tensor dinp = dres2;
   be_.bias_backward(dres2, lp.projb, Ns, C);
   grad_to_partial(dres2, dpartial);
   Tensor datty = be_.activation({B_, T, Cl});

@@ -39,7 +39,7 @@ struct LayerActivations {
   Tensor qkv, att, atty;         // [B,T,3Cl], backend's saved state, [B,T,Cl]
   Tensor res2;                   // [B,Ts,C] after attention residual
   Tensor ln2, ln2_mean, ln2_rstd, ln2_full;
-  Tensor fch, fch_gelu;          // [B,T,4Cl]
+  Tensor fch, fch_gelu;          // [B,T,4Cl] (fch_gelu undefined with --recompute gelu)
 };
 
 struct ChunkActivations {
@@ -91,6 +91,10 @@ class Gpt {
   // only d(lnf) [B,T,C]; evaluation computes the loss chunk by chunk. Inference (no
   // targets) always keeps the whole logits.
   void set_loss_chunk_bytes(int64_t bytes) { loss_chunk_bytes_ = bytes; }
+  // Keep only GELU's input from the forward and recompute its output in the backward
+  // (one elementwise pass per layer) instead of storing both: 4 B T C/TP fewer activation
+  // elements per layer (a quarter of a layer's).
+  void set_recompute_gelu(bool on) { recompute_gelu_ = on; }
 
  private:
   void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out);
@@ -116,6 +120,7 @@ class Gpt {
   std::vector<ModelChunk> chunks_;
   Backend& be_;
   int64_t loss_chunk_bytes_ = 0;
+  bool recompute_gelu_ = false;
 };
 
 }  // namespace braid

@@ -31,13 +31,14 @@ struct Case {
   int zero = 0;
   int microbatches = 2;
   int64_t loss_chunk_bytes = 3072;  // 6 rows of 32 at TP 1 (f32, vocab 128), 12 at TP 2
+  std::string recompute = "gelu";
   std::string name() const {
     std::ostringstream os;
     os << "tp" << tp << "_pp" << pp << "_dp" << dp << "_" << schedule << "_m" << microbatches;
     if (vs > 1) os << "_v" << vs;
     if (sp) os << "_sp";
     if (zero) os << "_zero1";
-    os << "_loss" << loss_chunk_bytes;
+    os << "_loss" << loss_chunk_bytes << "_recompute_" << recompute;
     return os.str();
   }
   int world() const { return tp * pp * dp; }
@@ -68,12 +69,15 @@ TrainConfig case_config(const Case& k, const std::string& data, const std::strin
   c.zero = k.zero;
   c.grad_accum = k.microbatches;
   c.loss_chunk_mib = double(k.loss_chunk_bytes) / (1024 * 1024);
+  c.recompute = k.recompute;
   return c;
 }
 
 std::vector<Case> cases() {
   return {
-      {.loss_chunk_bytes = 0},  // unchunked: the logits live from forward to backward
+      {.loss_chunk_bytes = 0, .recompute = "none"},  // logits and GELU output kept for the backward
+      {.recompute = "none"},
+      {.pp = 2, .microbatches = 4, .recompute = "none"},
       {},
       {.tp = 2},
       {.tp = 2, .loss_chunk_bytes = 0},
@@ -270,7 +274,7 @@ TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
     c.loss_chunk_mib = mib;
     return plan_rank_memory(c, 1, 0, 0);
   };
-  const RankMemoryPlan whole = plan(0), c64 = plan(64), c256 = plan(256);
+  const RankMemoryPlan whole = plan(0), c64 = plan(64), c128 = plan(128), c256 = plan(256);
   const int64_t N = 16 * 1024, V = 50304, C = 768;
   EXPECT_EQ(loss_chunk_rows(int64_t{256} << 20, N, V, 2), 2560);
   EXPECT_EQ(loss_chunk_rows(int64_t{64} << 20, N, V, 2), 640);
@@ -282,8 +286,30 @@ TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
   EXPECT_EQ(c64.activation_bytes, c256.activation_bytes) << "the head is still the training peak";
   EXPECT_GT(whole.activation_bytes - c256.activation_bytes, int64_t(1500) << 20);  // what the option is for
   // Evaluation has no backward: its peak is the head's, one chunk's logits and row vectors.
-  EXPECT_EQ(c256.eval_activation_bytes - c64.eval_activation_bytes, (2560 - 640) * (V * 2 + 5 * 4));
+  EXPECT_EQ(c256.eval_activation_bytes - c128.eval_activation_bytes, (2560 - 1280) * (V * 2 + 5 * 4));
   EXPECT_GT(whole.eval_activation_bytes, c256.eval_activation_bytes);
+}
+
+// GELU recomputation frees a quarter of each layer's stored activations (4 B T C of 16):
+// 12 x 16 x 1024 x 3072 bf16 = 1.13 GiB at GPT-2 124M B16, at the forward's end (the peak).
+TEST(MemoryPlan, GeluRecomputationDropsItsOutputFromEveryLayer) {
+  TrainConfig c;
+  c.model.n_layer = 12, c.model.n_head = 12, c.model.n_embd = 768, c.model.seq_len = 1024;
+  c.model.vocab_size = 50257;
+  c.micro_batch = 16;
+  c.device = "cuda";
+  c.recompute = "none";
+  const RankMemoryPlan stored = plan_rank_memory(c, 1, 0, 0);
+  c.recompute = "gelu";
+  const RankMemoryPlan recomputed = plan_rank_memory(c, 1, 0, 0);
+  // Less the one layer whose GELU output is alive at the peak either way (the last layer's
+  // forward transient, or its backward recomputation, whichever is the peak).
+  const int64_t per_layer = int64_t(16) * 1024 * 3072 * 2;
+  EXPECT_GE(stored.activation_bytes - recomputed.activation_bytes, 11 * per_layer);
+  EXPECT_LE(stored.activation_bytes - recomputed.activation_bytes, 12 * per_layer);
+  // A validation forward stores each layer's activations too (the forward is the same).
+  EXPECT_GE(stored.eval_activation_bytes - recomputed.eval_activation_bytes, 11 * per_layer);
+  EXPECT_LE(stored.eval_activation_bytes - recomputed.eval_activation_bytes, 12 * per_layer);
 }
 
 TEST(MemoryPlan, PlansSixteenRanksOnOneProcess) {

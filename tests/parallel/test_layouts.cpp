@@ -91,7 +91,8 @@ TrainConfig layout_config(const Layout& l, const std::string& data, const std::s
   // Every layout runs the chunked loss in chunks of 2560 bytes of logits: 5, 10 or 20
   // rows of the 16 (f32, TP 1/2/4; twice that in bf16), a remainder chunk included. The
   // one-rank reference keeps the whole logits (unchunked), so each comparison below also
-  // proves the chunked head equal to the unchunked one.
+  // proves the chunked head equal to the unchunked one, and GELU recomputation (on in
+  // the layouts, off in the reference) equal to storing its output.
   c.loss_chunk_mib = 2560.0 / (1024 * 1024);
   return c;
 }
@@ -139,6 +140,7 @@ class LayoutEquivalence : public ::testing::Test {
     Layout ref;
     TrainConfig rc = layout_config(ref, data_, test::temp_dir("layout_ref"));
     rc.loss_chunk_mib = 0;
+    rc.recompute = "none";  // the layouts recompute GELU's output (the default)
     ref_ = test::run_on_ranks(rc, 1);
   }
   static std::string data_;
