@@ -25,6 +25,7 @@
 
 #include "framework/hdf5_util.h"
 #include "parallel/collective_check.h"
+#include "parallel/ledger_communicator.h"
 #include "parallel/mpi_check.h"
 
 namespace fs = std::filesystem;
@@ -326,6 +327,10 @@ std::string save_checkpoint(const std::string& out_dir, const CheckpointState& s
   const fs::path final_dir = root / name;
   const auto list = full_param_list(model);
   const size_t n = list.size();
+  // The whole save is one blocking call in the ledger: parallel HDF5 synchronises the ranks
+  // inside (file close is a barrier), so a rank lost during a save would otherwise hang the
+  // others where no communicator of ours could see it; the watchdog times this call out.
+  auto ledger_call = record_host_call(world, "checkpoint_save", int64_t(n), "tensors");
   // A generous bound of HDF5's metadata (about 400 bytes per dataset are written).
   const int64_t metadata_bytes = (int64_t{64} << 10) + 3 * int64_t(n) * 1024;
   int64_t checkpoint_bytes = metadata_bytes;
@@ -544,6 +549,7 @@ CheckpointState load_checkpoint(const std::string& dir, ParamStore& store, Optim
   Communicator& world = *groups.world;
   const auto list = full_param_list(model);
   const size_t n = list.size();
+  auto ledger_call = record_host_call(world, "checkpoint_load", int64_t(n), "tensors");  // as in a save
   const std::string file = (fs::path(dir) / "model.h5").string();
   const std::string manifest_file = (fs::path(dir) / "manifest.json").string();
   // Rank 0 validates the manifest, the model and every dataset's header; all ranks share

@@ -89,7 +89,7 @@ po::options_description train_options(TrainConfig& c) {
     ("plan", po::bool_switch(&c.plan), "print each rank's parameter, gradient, optimizer and peak activation memory and every failing check for this config and layout, without allocating or training, and exit (2 if a check fails)")
     ("plan-json", po::value(&c.plan_json)->default_value(""), "with --plan (implied): also write the plan as JSON to this file")
     ("dp", po::value(&c.dp)->default_value(0), "data-parallel size: 0 = world / (tp*pp); with --plan it sets the planned world tp*pp*dp")
-    ("collective-timeout", po::value(&c.collective_timeout)->default_value(600), "seconds a rank may stay blocked in one collective or receive before the watchdog dumps the ledgers and aborts the job (0 = off)")
+    ("collective-timeout", po::value(&c.collective_timeout)->default_value(600), "seconds a rank may stay blocked in one collective, receive or checkpoint save/load before the watchdog dumps the ledgers and aborts the job (0 = off)")
     ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(5), "non-finite loss or gradient norm: the step is skipped; after this many in a row, roll back to the last checkpoint (0 = never)")
     ("inject-nan-at-step", po::value<std::string>()->default_value(""), "testing: make the gradients of these steps non-finite, e.g. 3,4,5")
     ("inject-collective-mismatch", po::value<std::string>()->default_value(""), "testing: RANK,STEP: that rank issues a barrier where the others all-reduce, in that step");
