@@ -1,8 +1,11 @@
 // braid-bench: steady-state training speed of a named GPT-2 configuration on random
 // tokens, one line per run. Every braid-train option works (layout, device, attention,
 // batch); on top of them:
-//   --preset gpt2-124m|gpt2-350m|gpt2-1.5b   model sizes (T = 1024, V = 50257 padded to
-//                                             50304); later --layers/--width/... override
+//   --preset gpt2-124m|gpt2-350m|gpt2-1.5b|gpt-13b   model sizes (T = 1024, V = 50257
+//                                             padded to 50304; gpt-13b: GPT-2 blocks, 40
+//                                             layers of width 5120, 40 heads, 12.8B
+//                                             parameters, for TP/PP over several GPUs);
+//                                             later --layers/--width/... override
 //   --warmup N (5)  --bench-steps N (20)      steps not timed, then timed steps
 //   --peak-tflops X (989)                     the MFU denominator per GPU (H100/H200 bf16 dense)
 //   --json FILE                               also append the result as one JSON line
@@ -76,9 +79,10 @@ std::vector<std::string> split_args(int argc, char** argv, BenchOptions& o) {
       static const std::map<std::string, std::vector<std::string>> presets = {
           {"gpt2-124m", {"--layers", "12", "--heads", "12", "--width", "768"}},
           {"gpt2-350m", {"--layers", "24", "--heads", "16", "--width", "1024"}},
-          {"gpt2-1.5b", {"--layers", "48", "--heads", "25", "--width", "1600"}}};
+          {"gpt2-1.5b", {"--layers", "48", "--heads", "25", "--width", "1600"}},
+          {"gpt-13b", {"--layers", "40", "--heads", "40", "--width", "5120"}}};
       auto it = presets.find(o.preset);
-      BRAID_REQUIRE(it != presets.end(), "--preset must be gpt2-124m, gpt2-350m or gpt2-1.5b, got '" << o.preset << "'");
+      BRAID_REQUIRE(it != presets.end(), "--preset must be gpt2-124m, gpt2-350m, gpt2-1.5b or gpt-13b, got '" << o.preset << "'");
       preset_flags = it->second;
       for (const char* f : {"--seq-len", "1024", "--vocab-size", "50257"}) preset_flags.push_back(f);
     } else if (is("--warmup")) {

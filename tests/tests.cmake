@@ -28,6 +28,15 @@ set_tests_properties(test_layouts_cuda_nccl_np2 PROPERTIES TIMEOUT 600 LABELS "m
 braid_mpi_test(test_rank_grid 8 120)
 braid_mpi_test(test_stop_request 2 300)
 braid_mpi_test(test_cuda_training 2 300 cuda)
+# Eight GPUs (the nvidia-h200-x8 host; both skip with fewer GPUs than ranks): every layout
+# that fits 8 ranks over NCCL, one process per GPU, and TP4 x PP2 checkpoints moved to 2
+# GPUs, 1 GPU and the CPU.
+add_test(NAME test_layouts_cuda_nccl_np8 COMMAND ${BRAID_MPIEXEC} -n 8 $<TARGET_FILE:test_layouts>)
+set_tests_properties(test_layouts_cuda_nccl_np8 PROPERTIES TIMEOUT 900 LABELS "mpi;cuda"
+                     ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda;BRAID_TEST_NCCL=1")
+add_test(NAME test_cuda_training_np8 COMMAND ${BRAID_MPIEXEC} -n 8 $<TARGET_FILE:test_cuda_training>
+         --gtest_filter=*EightGpus*)
+set_tests_properties(test_cuda_training_np8 PROPERTIES TIMEOUT 600 LABELS "mpi;cuda" ENVIRONMENT "${BRAID_TEST_ENV}")
 braid_mpi_test(test_plan 8 300)
 braid_mpi_test(test_ledger 4 120)
 braid_mpi_test(test_nonfinite_steps 4 300)

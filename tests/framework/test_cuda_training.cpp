@@ -100,62 +100,97 @@ TEST(CudaTraining, NcclAcrossGpusMatchesOneGpu) {
   }
 }
 
-// Checkpoints move between two GPUs (TP2, NCCL), one GPU and the CPU backend: a run saved
-// at step 5 under one resumes under another and its steps 6..10 track the uninterrupted
-// one-GPU run. Both directions: TP2 on 2 GPUs -> 1 GPU and -> CPU; 1 GPU and CPU -> TP2.
-TEST(CudaTraining, CheckpointMovesBetweenTwoGpusOneGpuAndCpu) {
-  int world = 1, rank = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (gpu_count() < 2 || world < 2) GTEST_SKIP() << "needs 2+ GPUs and 2+ ranks (have " << gpu_count() << " GPUs, "
-                                               << world << " ranks)";
-  auto data = test::make_token_dataset("cuda_move", 96, 1 << 15, 4096);
-  auto ref = test::run_on_ranks(config(data, test::temp_dir("cuda_move_ref"), "cuda"), 1);
-  ASSERT_EQ(ref.losses.size(), 10u);
-  struct Where {
-    const char* name;
-    std::string device;
-    int tp;
-  };
-  const Where gpu2{"2 GPUs TP2", "cuda", 2}, gpu1{"1 GPU", "cuda", 1}, cpu{"CPU", "cpu", 1};
-  auto make = [&](const Where& w, const std::string& dir) {
-    auto c = config(data, test::temp_dir(dir), w.device);
-    c.tp = w.tp;
-    if (w.tp > 1) {
-      c.comm = "nccl";
-      c.local_device = rank % gpu_count();
-    }
-    return c;
-  };
-  auto first_half = [&](const Where& w, const std::string& dir) {
-    auto c = make(w, dir);
+// Where a run trains: device, TP x PP over that many ranks (one GPU each, NCCL).
+struct Where {
+  const char* name;
+  std::string device;
+  int tp = 1, pp = 1;
+  int world() const { return tp * pp; }
+};
+
+// Checkpoint moves: a run saved at step 5 under `from` resumes under `to` and its steps
+// 6..10 track the uninterrupted one-GPU run `ref`.
+class CheckpointMoves {
+ public:
+  explicit CheckpointMoves(const std::string& tag) : tag_(tag) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    data_ = test::make_token_dataset(tag, 96, 1 << 15, 4096);
+    ref_ = test::run_on_ranks(config(data_, test::temp_dir(tag + "_ref"), "cuda"), 1);
+    EXPECT_EQ(ref_.losses.size(), 10u);
+  }
+  std::string first_half(const Where& w) {
+    auto c = make(w, tag_ + "_" + std::to_string(saves_++));
     c.stop_after = 5;  // saves at step 5
-    auto r = test::run_on_ranks(c, w.tp);
+    auto r = test::run_on_ranks(c, w.world());
     EXPECT_EQ(r.losses.size(), 5u) << w.name;
     return r.checkpoint;
-  };
-  auto second_half = [&](const std::string& ckpt, const Where& from, const Where& to, const std::string& dir) {
-    auto c = make(to, dir);
+  }
+  void second_half(const std::string& ckpt, const Where& from, const Where& to) {
+    auto c = make(to, tag_ + "_resume_" + std::to_string(resumes_++));
     c.resume = ckpt;
-    auto r = test::run_on_ranks(c, to.tp);
+    auto r = test::run_on_ranks(c, to.world());
     ASSERT_EQ(r.losses.size(), 5u) << from.name << " -> " << to.name;
     double worst = 0;
     for (size_t i = 0; i < 5; ++i) {
-      const double rel = std::abs(r.losses[i] - ref.losses[5 + i]) / ref.losses[5 + i];
+      const double rel = std::abs(r.losses[i] - ref_.losses[5 + i]) / ref_.losses[5 + i];
       worst = std::max(worst, rel);
       // bf16 activations rounded at other points (TP partial sums) or not at all (CPU, fp32):
       // the GPU runs track the CPU within ~1e-4 relative over 10 steps (TenLossesTrackTheCpuRun),
       // 1e-2 leaves room for TP's rounding while a lost or misplaced shard moves it by >5e-2.
-      EXPECT_NEAR(r.losses[i], ref.losses[5 + i], 1e-2 * ref.losses[5 + i])
+      EXPECT_NEAR(r.losses[i], ref_.losses[5 + i], 1e-2 * ref_.losses[5 + i])
           << from.name << " -> " << to.name << " step " << 6 + i;
     }
-    if (rank == 0) std::printf("%-10s -> %-10s steps 6..10 max rel loss diff vs 1 GPU %.3g\n", from.name, to.name, worst);
-  };
-  const std::string tp2_ckpt = first_half(gpu2, "cuda_move_tp2");
-  second_half(tp2_ckpt, gpu2, gpu1, "cuda_move_tp2_to_gpu1");
-  second_half(tp2_ckpt, gpu2, cpu, "cuda_move_tp2_to_cpu");
-  second_half(first_half(gpu1, "cuda_move_gpu1"), gpu1, gpu2, "cuda_move_gpu1_to_tp2");
-  second_half(first_half(cpu, "cuda_move_cpu"), cpu, gpu2, "cuda_move_cpu_to_tp2");
+    if (rank_ == 0)
+      std::printf("%-16s -> %-16s steps 6..10 max rel loss diff vs 1 GPU %.3g\n", from.name, to.name, worst);
+  }
+
+ private:
+  TrainConfig make(const Where& w, const std::string& dir) {
+    auto c = config(data_, test::temp_dir(dir), w.device);
+    c.tp = w.tp;
+    c.pp = w.pp;
+    if (w.world() > 1) {
+      c.comm = "nccl";
+      c.local_device = rank_ % gpu_count();
+    }
+    return c;
+  }
+  std::string tag_, data_;
+  int rank_ = 0, saves_ = 0, resumes_ = 0;
+  test::RunResult ref_;
+};
+
+// Checkpoints move between two GPUs (TP2, NCCL), one GPU and the CPU backend. Both
+// directions: TP2 on 2 GPUs -> 1 GPU and -> CPU; 1 GPU and CPU -> TP2.
+TEST(CudaTraining, CheckpointMovesBetweenTwoGpusOneGpuAndCpu) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (gpu_count() < 2 || world < 2) GTEST_SKIP() << "needs 2+ GPUs and 2+ ranks (have " << gpu_count() << " GPUs, "
+                                               << world << " ranks)";
+  CheckpointMoves m("cuda_move");
+  const Where gpu2{"2 GPUs TP2", "cuda", 2}, gpu1{"1 GPU", "cuda"}, cpu{"CPU", "cpu"};
+  const std::string tp2_ckpt = m.first_half(gpu2);
+  m.second_half(tp2_ckpt, gpu2, gpu1);
+  m.second_half(tp2_ckpt, gpu2, cpu);
+  m.second_half(m.first_half(gpu1), gpu1, gpu2);
+  m.second_half(m.first_half(cpu), cpu, gpu2);
+}
+
+// Eight GPUs: saved under TP4 x PP2, resumed on 2 GPUs (TP2), on 1 GPU and on the CPU;
+// and a 1-GPU checkpoint resumed under TP4 x PP2.
+TEST(CudaTraining, CheckpointMovesFromEightGpusToTwoAndOne) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (gpu_count() < 8 || world < 8) GTEST_SKIP() << "needs 8+ GPUs and 8+ ranks (have " << gpu_count()
+                                               << " GPUs, " << world << " ranks)";
+  CheckpointMoves m("cuda_move8");
+  const Where gpu8{"8 GPUs TP4 PP2", "cuda", 4, 2}, gpu2{"2 GPUs TP2", "cuda", 2}, gpu1{"1 GPU", "cuda"},
+      cpu{"CPU", "cpu"};
+  const std::string ckpt = m.first_half(gpu8);
+  m.second_half(ckpt, gpu8, gpu2);
+  m.second_half(ckpt, gpu8, gpu1);
+  m.second_half(ckpt, gpu8, cpu);
+  m.second_half(m.first_half(gpu1), gpu1, gpu8);
 }
 
 }  // namespace
