@@ -188,13 +188,20 @@ void rank0_collective(Communicator& world, const std::function<void()>& fn) {
 }
 
 // Test hooks (crash consistency and full disks):
-//   BRAID_FAULT_KILL_DURING_SAVE=STEP  every rank SIGKILLs itself while writing that step's
+//   BRAID_FAULT_KILL_DURING_SAVE=STEP[:RANK]  every rank (or world rank RANK only)
+//                                      SIGKILLs itself while writing that step's
 //                                      checkpoint, after its raw data and before the close;
 //   BRAID_TEST_SKIP_SPACE_CHECK=1      no free-space check before a save, so that a full
 //                                      disk makes a write fail mid-way.
 void maybe_die_during_save(int64_t step) {
   const char* v = std::getenv("BRAID_FAULT_KILL_DURING_SAVE");
-  if (v != nullptr && std::atoll(v) == step) std::raise(SIGKILL);
+  if (v == nullptr || std::atoll(v) != step) return;
+  if (const char* colon = std::strchr(v, ':')) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (std::atoi(colon + 1) != rank) return;
+  }
+  std::raise(SIGKILL);
 }
 
 // Directories and pointer files that an interrupted save left behind.

@@ -5,6 +5,7 @@
 #  B. the same under a launcher that leaves the survivors running: the watchdog
 #     (--collective-timeout) names the rank that does not answer, dumps the ledgers and
 #     aborts (exit 4); braid-ledger blames the lost rank;
+#  B2. the same with the rank lost inside a checkpoint save (survivors inside parallel HDF5);
 #  C. a deliberately mismatched collective (--inject-collective-mismatch): watchdog abort,
 #     braid-ledger names the rank and the call;
 #  D. non-finite steps (--inject-nan-at-step): skipped and counted, rollback after
@@ -76,6 +77,20 @@ else fail "B: rc $rc after ${secs} s"; grep -v "^step" "$WORK/b.log" | tail -8; 
 if [ $rc -eq 0 ] && grep -qE "^blame: rank 1( |$)" "$WORK/b.ledger" && grep -q "rank 1 left no ledger" "$WORK/b.ledger"; then
   pass "B: braid-ledger: $(grep '^verdict' "$WORK/b.ledger")"
 else fail "B: braid-ledger (rc $rc)"; cat "$WORK/b.ledger"; fi
+
+# --- B2. A rank lost inside a checkpoint save: the survivors wait in parallel HDF5 --------------
+# (its file close synchronises the ranks, out of sight of our communicators); the save is
+# one ledger call, so the watchdog still ends the job. Rank 1 SIGKILLs itself while writing
+# step 8's checkpoint, deterministically.
+B2="$WORK/b2"
+t0=$(now)
+BRAID_FAULT_KILL_DURING_SAVE=8:1 timeout 120 $MPIRUN --mca orte_abort_on_non_zero_status 0 -n 4 "$BIN/braid-train" \
+  "${MODEL[@]}" --steps 12 --save-every 4 --tp 2 --pp 2 --collective-timeout 2 --out "$B2" >"$WORK/b2.log" 2>&1
+rc=$?; t1=$(now); secs=$(elapsed "$t0" "$t1")
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "watchdog: collective timeout on rank .*: checkpoint_save .*Rank 1 does not answer" "$WORK/b2.log" \
+   && [ "$(cat "$B2/checkpoints/latest")" = step_00000004 ]; then
+  pass "B2: rank 1 lost inside step 8's save: watchdog names checkpoint_save and rank 1 (exit $rc, ${secs} s in all); latest stays step 4"
+else fail "B2: rc $rc after ${secs} s"; grep -v "^step" "$WORK/b2.log" | tail -8; fi
 
 # --- C. A deliberately mismatched collective --------------------------------------------------
 C="$WORK/c"
