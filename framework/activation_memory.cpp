@@ -215,10 +215,14 @@ void DryRun::head_forward(ChunkActs& acts, bool compute_grad) {
   }
   const int64_t rows = loss_chunk_rows(in_.loss_chunk_bytes, N_, Vl_, int(act_bytes_));
   if (compute_grad) acts.dlnf_full = act(N_ * C_);
+  Buf targets = alloc(std::max<int64_t>(N_, 1) * 4);  // Backend::targets_tensor
+  Buf losses = stats(N_);
   for (int64_t r0 = 0; r0 < N_; r0 += rows) {
     const int64_t n = std::min(rows, N_ - r0);
     Buf logits = act(n * Vl_);
-    cross_entropy(n);
+    // Backend::cross_entropy_rows: on the GPU three [n] f32 row vectors for the call's
+    // duration (the CPU backend keeps them in std::vector).
+    if (in_.cuda) Buf row_max = stats(n), row_sum = stats(n), tlogit = stats(n);
   }
   acts.lnf_full.reset();
   acts.lnf.reset();

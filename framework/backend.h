@@ -70,6 +70,16 @@ class Backend {
   virtual double cross_entropy(Tensor& logits, const std::vector<int32_t>& targets, int64_t N, int Vl,
                                int64_t vocab_start, int64_t vocab_real, Communicator& tp, bool grad,
                                float scale) = 0;
+  // The chunked loss (Gpt::set_loss_chunk_bytes): a microbatch's targets are placed once
+  // where the loss kernels read them (device memory on the GPU), each chunk of rows writes
+  // its per-row losses into a view of one [N] f32 vector, and the host reads their sum
+  // once per microbatch (one device synchronisation instead of one per chunk).
+  virtual Tensor targets_tensor(const std::vector<int32_t>& targets) = 0;
+  // cross_entropy over `n` rows with targets and per-row losses as tensors ([n] views).
+  virtual void cross_entropy_rows(Tensor& logits, const Tensor& targets, Tensor& losses, int64_t n, int Vl,
+                                  int64_t vocab_start, int64_t vocab_real, Communicator& tp, bool grad,
+                                  float scale) = 0;
+  virtual double sum_to_host(const Tensor& x) = 0;  // f32 vector, summed in double
   // Logits of one row as host floats (sampling).
   virtual std::vector<float> row_to_host(const Tensor& x, int64_t row, int64_t width) = 0;
   virtual void synchronize() {}

@@ -74,23 +74,24 @@ class CpuBackend final : public Backend {
   }
   double cross_entropy(Tensor& logits, const std::vector<int32_t>& targets, int64_t N, int Vl,
                        int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) override {
-    // Three all-reduces of N floats (max, target logit, sum of exponentials) assemble the
-    // softmax over the vocabulary shards; the logits are never gathered.
-    std::vector<float> row_max(N), row_sum(N), tlogit(N), losses(N);
-    float* l = logits.f32();
-    cpu::xent_local_max(row_max.data(), l, N, Vl, vstart, vreal);
-    tp.all_reduce(row_max.data(), N, DType::F32, ReduceOp::Max);
-    cpu::xent_target_logit(tlogit.data(), l, targets.data(), N, Vl, vstart);
-    tp.all_reduce(tlogit.data(), N, DType::F32, ReduceOp::Sum);
-    if (grad)  // each exponential once: the logits buffer becomes exp(l - max)
-      cpu::xent_exp_sum_inplace(row_sum.data(), l, row_max.data(), N, Vl, vstart, vreal);
-    else
-      cpu::xent_local_sumexp(row_sum.data(), l, row_max.data(), N, Vl, vstart, vreal);
-    tp.all_reduce(row_sum.data(), N, DType::F32, ReduceOp::Sum);
-    cpu::xent_losses(losses.data(), row_max.data(), row_sum.data(), tlogit.data(), targets.data(), N);
+    std::vector<float> losses(N);
+    xent(logits.f32(), targets.data(), losses.data(), N, Vl, vstart, vreal, tp, grad, scale);
     double s = 0;
     for (int64_t n = 0; n < N; ++n) s += losses[n];
-    if (grad) cpu::xent_backward_from_exp(l, targets.data(), row_sum.data(), N, Vl, vstart, vreal, scale);
+    return s;
+  }
+  Tensor targets_tensor(const std::vector<int32_t>& targets) override {
+    Tensor t = Tensor::empty({int64_t(std::max<size_t>(targets.size(), 1))}, DType::I32);
+    std::copy(targets.begin(), targets.end(), t.data<int32_t>());
+    return t;
+  }
+  void cross_entropy_rows(Tensor& logits, const Tensor& targets, Tensor& losses, int64_t n, int Vl,
+                          int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) override {
+    xent(logits.f32(), targets.data<int32_t>(), losses.f32(), n, Vl, vstart, vreal, tp, grad, scale);
+  }
+  double sum_to_host(const Tensor& x) override {
+    double s = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) s += x.f32()[i];
     return s;
   }
   std::vector<float> row_to_host(const Tensor& x, int64_t row, int64_t width) override {
@@ -99,6 +100,23 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Three all-reduces of N floats (max, target logit, sum of exponentials) assemble the
+  // softmax over the vocabulary shards; the logits are never gathered.
+  static void xent(float* l, const int32_t* targets, float* losses, int64_t N, int Vl, int64_t vstart,
+                   int64_t vreal, Communicator& tp, bool grad, float scale) {
+    std::vector<float> row_max(N), row_sum(N), tlogit(N);
+    cpu::xent_local_max(row_max.data(), l, N, Vl, vstart, vreal);
+    tp.all_reduce(row_max.data(), N, DType::F32, ReduceOp::Max);
+    cpu::xent_target_logit(tlogit.data(), l, targets, N, Vl, vstart);
+    tp.all_reduce(tlogit.data(), N, DType::F32, ReduceOp::Sum);
+    if (grad)  // each exponential once: the logits buffer becomes exp(l - max)
+      cpu::xent_exp_sum_inplace(row_sum.data(), l, row_max.data(), N, Vl, vstart, vreal);
+    else
+      cpu::xent_local_sumexp(row_sum.data(), l, row_max.data(), N, Vl, vstart, vreal);
+    tp.all_reduce(row_sum.data(), N, DType::F32, ReduceOp::Sum);
+    cpu::xent_losses(losses, row_max.data(), row_sum.data(), tlogit.data(), targets, N);
+    if (grad) cpu::xent_backward_from_exp(l, targets, row_sum.data(), N, Vl, vstart, vreal, scale);
+  }
   float* v(int i) { return (*store_)[i].value.f32(); }
   float* g(int i) { return (*store_)[i].grad.f32(); }
   ParamStore* store_ = nullptr;

@@ -113,20 +113,21 @@ class CudaBackend final : public Backend {
                        int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) override {
     Tensor tgt = upload(targets);
     Tensor row_max = stats({N}), row_sum = stats({N}), tlogit = stats({N}), losses = stats({N});
-    const int32_t* t = tgt.data<int32_t>();
-    cuda::xent_local_max(row_max.f32(), cb(logits), N, Vl, vstart, vreal, s());
-    tp.all_reduce(row_max.raw(), N, DType::F32, ReduceOp::Max);
-    cuda::xent_local_sumexp(row_sum.f32(), cb(logits), row_max.f32(), N, Vl, vstart, vreal, s());
-    tp.all_reduce(row_sum.raw(), N, DType::F32, ReduceOp::Sum);
-    cuda::xent_target_logit(tlogit.f32(), cb(logits), t, N, Vl, vstart, s());
-    tp.all_reduce(tlogit.raw(), N, DType::F32, ReduceOp::Sum);
-    cuda::xent_losses(losses.f32(), row_max.f32(), row_sum.f32(), tlogit.f32(), t, N, s());
-    if (grad)
-      cuda::xent_backward(b(logits), cb(logits), t, row_max.f32(), row_sum.f32(), N, Vl, vstart, vreal, scale, s());
-    Tensor host = Tensor::empty({N});
-    host.copy_from(losses);  // waits for the compute stream (blocking streams + legacy copy)
+    xent(logits, tgt.data<int32_t>(), losses.f32(), row_max, row_sum, tlogit, N, Vl, vstart, vreal, tp, grad, scale);
+    return sum_to_host(losses);
+  }
+  Tensor targets_tensor(const std::vector<int32_t>& targets) override { return upload(targets); }
+  void cross_entropy_rows(Tensor& logits, const Tensor& targets, Tensor& losses, int64_t n, int Vl,
+                          int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) override {
+    Tensor row_max = stats({n}), row_sum = stats({n}), tlogit = stats({n});
+    xent(logits, targets.data<int32_t>(), losses.f32(), row_max, row_sum, tlogit, n, Vl, vstart, vreal, tp, grad,
+         scale);
+  }
+  double sum_to_host(const Tensor& x) override {
+    Tensor host = Tensor::empty({x.numel()});
+    host.copy_from(x);  // waits for the compute stream (blocking streams + legacy copy)
     double sum = 0;
-    for (int64_t n = 0; n < N; ++n) sum += host.f32()[n];
+    for (int64_t n = 0; n < x.numel(); ++n) sum += host.f32()[n];
     return sum;
   }
   std::vector<float> row_to_host(const Tensor& x, int64_t row, int64_t width) override {
@@ -152,6 +153,20 @@ class CudaBackend final : public Backend {
   float* g(int i) { return (*store_)[i].grad.f32(); }
   const bf16* wb(int i) { return weights_.data<bf16>() + (*store_)[i].flat_offset; }
   Tensor stats(Shape sh) { return Tensor::empty(std::move(sh), DType::F32, Device::CUDA); }
+  // Vocab-parallel softmax cross-entropy of N rows: three all-reduces of N floats (max,
+  // sum of exponentials, target logit) assemble it over the TP shards.
+  void xent(Tensor& logits, const int32_t* t, float* losses, Tensor& row_max, Tensor& row_sum, Tensor& tlogit,
+            int64_t N, int Vl, int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) {
+    cuda::xent_local_max(row_max.f32(), cb(logits), N, Vl, vstart, vreal, s());
+    tp.all_reduce(row_max.raw(), N, DType::F32, ReduceOp::Max);
+    cuda::xent_local_sumexp(row_sum.f32(), cb(logits), row_max.f32(), N, Vl, vstart, vreal, s());
+    tp.all_reduce(row_sum.raw(), N, DType::F32, ReduceOp::Sum);
+    cuda::xent_target_logit(tlogit.f32(), cb(logits), t, N, Vl, vstart, s());
+    tp.all_reduce(tlogit.raw(), N, DType::F32, ReduceOp::Sum);
+    cuda::xent_losses(losses, row_max.f32(), row_sum.f32(), tlogit.f32(), t, N, s());
+    if (grad)
+      cuda::xent_backward(b(logits), cb(logits), t, row_max.f32(), row_sum.f32(), N, Vl, vstart, vreal, scale, s());
+  }
   Tensor upload(const std::vector<int32_t>& h) {
     Tensor host = Tensor::empty({int64_t(std::max<size_t>(h.size(), 1))}, DType::I32);
     std::memcpy(host.raw(), h.data(), h.size() * sizeof(int32_t));

@@ -288,20 +288,22 @@ void Gpt::head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tenso
   BRAID_CHECK(int64_t(acts.targets.size()) == N, "targets size");
   const int64_t rows = loss_chunk_rows(loss_chunk_bytes_, N, Vl, int(dtype_bytes(be_.activation_dtype())));
   if (compute_grad) acts.dlnf_full = be_.activation({B_, T, C});
-  acts.loss_sum = 0;
+  const Tensor targets = be_.targets_tensor(acts.targets);
+  Tensor losses = be_.stats({N});  // per row; summed on the host once, after the last chunk
   for (int64_t r0 = 0; r0 < N; r0 += rows) {
     const int64_t n = std::min(rows, N - r0);
     const Tensor in = acts.lnf_full.view(r0 * C, {n, C});
     Tensor logits = be_.activation({n, Vl});
     be_.matmul_forward(logits, in, ch.wte, -1, n, C, Vl);
-    const std::vector<int32_t> targets(acts.targets.begin() + r0, acts.targets.begin() + r0 + n);
-    acts.loss_sum += be_.cross_entropy(logits, targets, n, Vl, wte.spec.shard_offset, cfg_.vocab_size, tp_,
-                                       compute_grad, dloss_scale);
+    Tensor chunk_losses = losses.view(r0, {n});
+    be_.cross_entropy_rows(logits, targets.view(r0, {n}), chunk_losses, n, Vl, wte.spec.shard_offset,
+                           cfg_.vocab_size, tp_, compute_grad, dloss_scale);
     if (compute_grad) {
       Tensor din = acts.dlnf_full.view(r0 * C, {n, C});
       be_.matmul_backward(&din, logits, in, ch.wte, -1, n, C, Vl);
     }
   }
+  acts.loss_sum = be_.sum_to_host(losses);
   // The backward needs only d(lnf_full), the input and the statistics.
   acts.lnf_full = Tensor{};
   acts.lnf = Tensor{};

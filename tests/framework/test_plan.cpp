@@ -279,14 +279,15 @@ TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
   EXPECT_EQ(loss_chunk_rows(int64_t{256} << 20, N, V, 2), 2560);
   EXPECT_EQ(loss_chunk_rows(int64_t{64} << 20, N, V, 2), 640);
   // At most what the head held at the end of the forward (the logits and the CUDA loss's
-  // five [N] row vectors) less what the chunked head holds there (one chunk, its row
-  // vectors, d(lnf_full)) is saved, at least that much when the peak moved elsewhere.
-  const int64_t head_saving = N * V * 2 + 5 * N * 4 - (2560 * V * 2 + 5 * 2560 * 4 + N * C * 2);
+  // targets and four [N] row vectors) less what the chunked head holds there (one chunk,
+  // its three row vectors, the [N] targets and losses, d(lnf_full)) is saved, at least
+  // that much when the peak moved elsewhere.
+  const int64_t head_saving = N * V * 2 + 5 * N * 4 - (2560 * V * 2 + 3 * 2560 * 4 + 2 * N * 4 + N * C * 2);
   EXPECT_GE(whole.activation_bytes - c256.activation_bytes, head_saving);
   EXPECT_EQ(c64.activation_bytes, c256.activation_bytes) << "the head is still the training peak";
   EXPECT_GT(whole.activation_bytes - c256.activation_bytes, int64_t(1500) << 20);  // what the option is for
   // Evaluation has no backward: its peak is the head's, one chunk's logits and row vectors.
-  EXPECT_EQ(c256.eval_activation_bytes - c128.eval_activation_bytes, (2560 - 1280) * (V * 2 + 5 * 4));
+  EXPECT_EQ(c256.eval_activation_bytes - c128.eval_activation_bytes, (2560 - 1280) * (V * 2 + 3 * 4));
   EXPECT_GT(whole.eval_activation_bytes, c256.eval_activation_bytes);
 }
 
