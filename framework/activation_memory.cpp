@@ -250,6 +250,7 @@ void DryRun::forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad
   for (LayerActs& layer : acts.layers) {
     Buf out;
     layer_forward(layer, x, out);
+    if (!compute_grad) layer = LayerActs{};
     x = out;
   }
   acts.output = x;

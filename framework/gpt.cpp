@@ -343,6 +343,7 @@ void Gpt::forward(int c, ChunkActivations& acts, const Tensor* input, bool compu
   for (size_t l = 0; l < ch.layers.size(); ++l) {
     Tensor out;
     layer_forward(ch.layers[l], acts.layers[l], x, out);
+    if (!compute_grad) acts.layers[l] = LayerActivations{};  // no backward: nothing to keep
     x = out;
   }
   acts.output = x;

@@ -70,7 +70,9 @@ class Gpt {
 
   // Forward of local chunk c. `input` is [B,Ts,C] for non-first chunks (ignored otherwise);
   // tokens/targets in acts must be set for the first / last chunk. With compute_grad the
-  // head turns logits into dlogits scaled by dloss_scale (the 1/total-tokens of the step).
+  // head turns logits into dlogits scaled by dloss_scale (the 1/total-tokens of the step);
+  // without it (evaluation, sampling) each layer's activations are freed as soon as the
+  // next layer has its input.
   void forward(int c, ChunkActivations& acts, const Tensor* input, bool compute_grad,
                float dloss_scale);
   // Backward of local chunk c. `dout` is [B,Ts,C] for non-last chunks; returns d(input)
