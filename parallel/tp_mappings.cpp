@@ -7,10 +7,16 @@
 namespace braid {
 
 namespace {
-// Copies `bytes` between two buffers of the same device.
-void copy_same_device(void* dst, const void* src, size_t bytes, Device d) {
-  if (d == Device::CPU) std::memcpy(dst, src, bytes);
-  else device_copy(dst, true, src, true, bytes);
+// Copies `rows` rows of `bytes` each between two buffers of the same device, rows
+// `dst_stride` / `src_stride` bytes apart: one call on the GPU (a copy per row there would
+// be B launches per rank and per call, each ordered against all compute).
+void copy_rows_same_device(char* dst, size_t dst_stride, const char* src, size_t src_stride, size_t bytes,
+                           int64_t rows, Device d) {
+  if (d == Device::CPU) {
+    for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * dst_stride, src + i * src_stride, bytes);
+  } else {
+    device_copy_2d(dst, dst_stride, src, src_stride, bytes, size_t(rows));
+  }
 }
 }  // namespace
 
@@ -34,10 +40,10 @@ void tp_gather_seq(Communicator& tp, const Tensor& local, Tensor& full, int B, i
   tp.all_gather(local.raw(), scratch.raw(), block, local.dtype());
   auto* dst = static_cast<char*>(full.raw());
   const auto* src = static_cast<const char*>(scratch.raw());
+  // Rank r's block holds B rows of Ts*C; they go to rows [r*Ts, (r+1)*Ts) of each sample.
   for (int r = 0; r < P; ++r)
-    for (int b = 0; b < B; ++b)
-      copy_same_device(dst + ((int64_t(b) * T + int64_t(r) * Ts) * C) * es,
-                       src + (r * block + int64_t(b) * Ts * C) * es, es * Ts * C, local.device());
+    copy_rows_same_device(dst + int64_t(r) * Ts * C * es, es * T * C, src + r * block * es, es * Ts * C,
+                          es * Ts * C, B, local.device());
 }
 
 void tp_reduce_scatter_seq(Communicator& tp, const Tensor& full, Tensor& local, int B, int T) {
@@ -54,9 +60,8 @@ void tp_reduce_scatter_seq(Communicator& tp, const Tensor& full, Tensor& local, 
   auto* dst = static_cast<char*>(scratch.raw());
   const auto* src = static_cast<const char*>(full.raw());
   for (int r = 0; r < P; ++r)
-    for (int b = 0; b < B; ++b)
-      copy_same_device(dst + (r * block + int64_t(b) * Ts * C) * es,
-                       src + ((int64_t(b) * T + int64_t(r) * Ts) * C) * es, es * Ts * C, full.device());
+    copy_rows_same_device(dst + r * block * es, es * Ts * C, src + int64_t(r) * Ts * C * es, es * T * C,
+                          es * Ts * C, B, full.device());
   tp.reduce_scatter(scratch.raw(), local.raw(), block, full.dtype());
 }
 
