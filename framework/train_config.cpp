@@ -89,7 +89,8 @@ po::options_description train_options(TrainConfig& c) {
     ("plan", po::bool_switch(&c.plan), "print each rank's parameter, gradient, optimizer and peak activation memory and every failing check for this config and layout, without allocating or training, and exit (2 if a check fails)")
     ("plan-json", po::value(&c.plan_json)->default_value(""), "with --plan (implied): also write the plan as JSON to this file")
     ("dp", po::value(&c.dp)->default_value(0), "data-parallel size: 0 = world / (tp*pp); with --plan it sets the planned world tp*pp*dp")
-    ("collective-timeout", po::value(&c.collective_timeout)->default_value(600), "seconds a rank may stay blocked in one collective, receive or checkpoint save/load before the watchdog dumps the ledgers and aborts the job (0 = off)")
+    ("collective-timeout", po::value(&c.collective_timeout)->default_value(600), "seconds a rank may stay blocked in one collective or receive before the watchdog dumps the ledgers and aborts the job (0 = off)")
+    ("checkpoint-timeout", po::value(&c.checkpoint_timeout)->default_value(3600), "seconds one checkpoint save or load may take (parallel HDF5 synchronises the ranks inside it) before the watchdog dumps the ledgers and aborts the job (0 = off)")
     ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(5), "non-finite loss or gradient norm: the step is skipped; after this many in a row, roll back to the last checkpoint (0 = never)")
     ("inject-nan-at-step", po::value<std::string>()->default_value(""), "testing: make the gradients of these steps non-finite, e.g. 3,4,5")
     ("inject-collective-mismatch", po::value<std::string>()->default_value(""), "testing: RANK,STEP: that rank issues a barrier where the others all-reduce, in that step");
@@ -192,6 +193,8 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.comm == "auto" || c.comm == "mpi" || c.comm == "nccl", "--comm must be auto, mpi or nccl");
   BRAID_REQUIRE(c.collective_timeout >= 0 && std::isfinite(c.collective_timeout),
                 "--collective-timeout must be >= 0 seconds (0 = off), got " << c.collective_timeout);
+  BRAID_REQUIRE(c.checkpoint_timeout >= 0 && std::isfinite(c.checkpoint_timeout),
+                "--checkpoint-timeout must be >= 0 seconds (0 = off), got " << c.checkpoint_timeout);
   BRAID_REQUIRE(c.max_bad_steps >= 0, "--max-bad-steps must be >= 0 (got " << c.max_bad_steps << ")");
   for (int s : c.inject_nan_at_steps) BRAID_REQUIRE(s >= 1, "--inject-nan-at-step: steps are >= 1 (got " << s << ")");
   BRAID_REQUIRE(c.inject_collective_mismatch.empty() ||

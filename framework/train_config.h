@@ -48,6 +48,7 @@ struct TrainConfig {
   int local_device = 0;             // GPU of this rank (set by the entry point)
   std::string comm = "auto";        // auto | mpi | nccl: data plane of GPU collectives  // no per-step console lines (metrics.jsonl is still written)
   // faults (see README "Faults"): watchdog, non-finite steps, test-only injection
+  double checkpoint_timeout = 3600;     // seconds one checkpoint save or load may take; 0 = off
   double collective_timeout = 600;      // seconds blocked in one call before the watchdog aborts; 0 = off
   int max_bad_steps = 5;                // consecutive non-finite steps before rolling back; 0 = never roll back
   std::vector<int> inject_nan_at_steps;       // testing: poison these steps' gradients (once each)

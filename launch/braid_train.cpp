@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
     validate_train_config(cfg, world_size);
     ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.tp, cfg.pp);
     configure_rank(groups.grid, cfg.threads);
-    start_watchdog(groups, cfg.collective_timeout, cfg.out_dir + "/ledger");
+    start_watchdog(groups, cfg.collective_timeout, cfg.checkpoint_timeout, cfg.out_dir + "/ledger");
     if (cfg.device == "cuda") cfg.local_device = local_gpu_index();
     install_stop_signals();
     std::string launch = describe_launch();

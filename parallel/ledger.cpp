@@ -1,5 +1,7 @@
 #include "parallel/ledger.h"
 
+#include <cstring>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -91,6 +93,26 @@ Ledger::Blocked Ledger::blocked() const {
     if (e.ordinal == 0 || e.state != CallState::Waiting) continue;
     double s = std::chrono::duration<double>(now - wait_steady_[i]).count();
     if (!b.any || s > b.seconds) {
+      b.any = true;
+      b.entry = e;
+      b.seconds = s;
+    }
+  }
+  return b;
+}
+
+bool is_checkpoint_call(const LedgerEntry& e) { return std::strncmp(e.op, "checkpoint_", 11) == 0; }
+
+Ledger::Blocked Ledger::overdue(double limit_s, double io_limit_s) const {
+  Blocked b;
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < ring_.size(); ++i) {
+    const LedgerEntry& e = ring_[i];
+    if (e.ordinal == 0 || e.state != CallState::Waiting) continue;
+    const double limit = is_checkpoint_call(e) ? io_limit_s : limit_s;
+    const double s = std::chrono::duration<double>(now - wait_steady_[i]).count();
+    if (limit > 0 && s > limit && (!b.any || s > b.seconds)) {
       b.any = true;
       b.entry = e;
       b.seconds = s;

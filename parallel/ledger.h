@@ -70,6 +70,9 @@ class Ledger {
     double seconds = 0;
   };
   Blocked blocked() const;
+  // The longest-waiting call whose wait exceeds its limit: `io_limit_s` for checkpoint
+  // saves and loads (ops "checkpoint_*"), `limit_s` for every other call; <= 0 = no limit.
+  Blocked overdue(double limit_s, double io_limit_s) const;
   // "call #57 of group tp[0,1]: all_reduce_sum f32 x 4096"
   std::string describe(const LedgerEntry& e) const;
 
@@ -91,6 +94,7 @@ class Ledger {
 };
 
 const char* call_state_name(CallState s);
+bool is_checkpoint_call(const LedgerEntry& e);  // a whole checkpoint save or load
 int64_t wall_clock_us();
 
 }  // namespace braid

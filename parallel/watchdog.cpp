@@ -120,8 +120,10 @@ void Watchdog::fire(const Ledger::Blocked& b) {
   char secs[32];
   std::snprintf(secs, sizeof(secs), "%.1f", b.seconds);
   std::ostringstream head;
-  head << "collective timeout on rank " << ledger_->world_rank() << ": blocked " << secs << " s (--collective-timeout "
-       << opt_.timeout_s << ") in " << call;
+  const bool io = is_checkpoint_call(b.entry);
+  head << (io ? "checkpoint" : "collective") << " timeout on rank " << ledger_->world_rank() << ": blocked " << secs
+       << " s (" << (io ? "--checkpoint-timeout " : "--collective-timeout ")
+       << (io ? opt_.checkpoint_timeout_s : opt_.timeout_s) << ") in " << call;
   std::fprintf(stderr, "%s watchdog: %s; collecting the ranks' ledgers (up to %.0f s)\n", error_prefix().c_str(),
                head.str().c_str(), opt_.grace_s);
   std::fflush(stderr);
@@ -147,7 +149,10 @@ void Watchdog::fire(const Ledger::Blocked& b) {
 
 void Watchdog::loop() {
   // Poll often enough that the timeout is met within a tenth of it (at most 100 ms late).
-  const double poll_s = opt_.timeout_s > 0 ? std::min(0.1, opt_.timeout_s / 10) : 0.1;
+  double shortest = 1;
+  for (double t : {opt_.timeout_s, opt_.checkpoint_timeout_s})
+    if (t > 0) shortest = std::min(shortest, t);
+  const double poll_s = std::min(0.1, shortest / 10);
   const auto poll = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(poll_s));
   std::unique_lock<std::mutex> lock(mu_);
   while (!cv_.wait_for(lock, poll, [this] { return stop_; })) {
@@ -159,9 +164,9 @@ void Watchdog::loop() {
       std::fflush(stderr);
     }
     serve_requests();
-    if (opt_.timeout_s > 0) {
-      Ledger::Blocked b = ledger_->blocked();
-      if (b.any && b.seconds > opt_.timeout_s) fire(b);
+    if (opt_.timeout_s > 0 || opt_.checkpoint_timeout_s > 0) {
+      Ledger::Blocked b = ledger_->overdue(opt_.timeout_s, opt_.checkpoint_timeout_s);
+      if (b.any) fire(b);
     }
     lock.lock();
   }

@@ -1,7 +1,8 @@
 // Watchdog: a thread per rank that watches the rank's collective ledger (ledger.h).
 //
 // - If the rank stays blocked in one communication call (a collective, a receive, or the
-//   wait of a non-blocking call) for longer than the timeout (--collective-timeout), it
+//   wait of a non-blocking call) for longer than the timeout (--collective-timeout), or in
+//   a whole checkpoint save or load for longer than --checkpoint-timeout, it
 //   prints which call on which rank, has every rank dump its ledger, names the ranks that
 //   did not answer (dead, or frozen as a whole process), and aborts the job (MPI_Abort
 //   with kWatchdogExitCode).
@@ -35,6 +36,7 @@ class Watchdog {
  public:
   struct Options {
     double timeout_s = 600;  // <= 0: no timeout (dumps on request still work)
+    double checkpoint_timeout_s = 3600;  // a whole checkpoint save or load; <= 0: none
     std::string dump_dir;    // where rank-<R>.json goes
     double grace_s = 3;      // how long dump_all waits for the other ranks' answers
   };

@@ -46,9 +46,10 @@ void on_dump_signal(int) { request_ledger_dump(); }
 
 void install_dump_signal() { std::signal(SIGUSR2, on_dump_signal); }
 
-void start_watchdog(ProcessGroups& groups, double timeout_s, const std::string& dump_dir) {
+void start_watchdog(ProcessGroups& groups, double timeout_s, double checkpoint_timeout_s, const std::string& dump_dir) {
   Watchdog::Options opt;
   opt.timeout_s = timeout_s;
+  opt.checkpoint_timeout_s = checkpoint_timeout_s;
   opt.dump_dir = dump_dir;
   g_watchdog = std::make_shared<Watchdog>(groups.ledger, control_comm(*groups.world), opt);
 }

@@ -46,7 +46,7 @@ std::string describe_launch();
 // (collective over the world). timeout_s <= 0 disables the timeout; ledgers are dumped to
 // dump_dir on a timeout, on a fatal error (run_main asks every rank for its ledger before
 // MPI_Abort) and on SIGUSR2. It lives until run_main returns.
-void start_watchdog(ProcessGroups& groups, double timeout_s, const std::string& dump_dir);
+void start_watchdog(ProcessGroups& groups, double timeout_s, double checkpoint_timeout_s, const std::string& dump_dir);
 // SIGUSR2 asks the watchdog for a ledger dump (braid-train installs it before MPI_Init).
 void install_dump_signal();
 

@@ -80,14 +80,16 @@ else fail "B: braid-ledger (rc $rc)"; cat "$WORK/b.ledger"; fi
 
 # --- B2. A rank lost inside a checkpoint save: the survivors wait in parallel HDF5 --------------
 # (its file close synchronises the ranks, out of sight of our communicators); the save is
-# one ledger call, so the watchdog still ends the job. Rank 1 SIGKILLs itself while writing
+# one ledger call with its own limit (--checkpoint-timeout, here far below the collective
+# limit so that it is the one that fires), so the watchdog still ends the job. Rank 1 SIGKILLs itself while writing
 # step 8's checkpoint, deterministically.
 B2="$WORK/b2"
 t0=$(now)
 BRAID_FAULT_KILL_DURING_SAVE=8:1 timeout 120 $MPIRUN --mca orte_abort_on_non_zero_status 0 -n 4 "$BIN/braid-train" \
-  "${MODEL[@]}" --steps 12 --save-every 4 --tp 2 --pp 2 --collective-timeout 2 --out "$B2" >"$WORK/b2.log" 2>&1
+  "${MODEL[@]}" --steps 12 --save-every 4 --tp 2 --pp 2 --collective-timeout 30 --checkpoint-timeout 2 --out "$B2" \
+  >"$WORK/b2.log" 2>&1
 rc=$?; t1=$(now); secs=$(elapsed "$t0" "$t1")
-if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "watchdog: collective timeout on rank .*: checkpoint_save .*Rank 1 does not answer" "$WORK/b2.log" \
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "watchdog: checkpoint timeout on rank .*(--checkpoint-timeout 2) in .*: checkpoint_save .*Rank 1 does not answer" "$WORK/b2.log" \
    && [ "$(cat "$B2/checkpoints/latest")" = step_00000004 ]; then
   pass "B2: rank 1 lost inside step 8's save: watchdog names checkpoint_save and rank 1 (exit $rc, ${secs} s in all); latest stays step 4"
 else fail "B2: rc $rc after ${secs} s"; grep -v "^step" "$WORK/b2.log" | tail -8; fi

@@ -3,6 +3,9 @@
 // unchanged, members are world ranks), and the analysis behind braid-ledger on ledgers
 // made to diverge, stall and lose a rank.
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 #include <mpi.h>
 
 #include <filesystem>
@@ -36,6 +39,26 @@ TEST(Ledger, RingKeepsTheNewestCallsInOrder) {
     EXPECT_LE(e["start_us"].get<int64_t>(), e["finish_us"].get<int64_t>());
   }
   EXPECT_FALSE(l.blocked().any);
+}
+
+// A checkpoint save is one long call with its own limit: inside it, a stalled collective
+// is still caught by the collective limit, and the save itself only by the longer one.
+TEST(Ledger, OverdueUsesTheCheckpointLimitForCheckpointCalls) {
+  Ledger l(0, 1, 8);
+  int g = l.add_group("world", {0});
+  const uint64_t save = l.begin(g, 0, "checkpoint_save", 36, "tensors", -1, -1, true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  EXPECT_FALSE(l.overdue(0.03, 10).any) << "a save within its own limit is not overdue";
+  ASSERT_TRUE(l.overdue(10, 0.03).any);
+  EXPECT_EQ(l.overdue(10, 0.03).entry.ordinal, save);
+  EXPECT_FALSE(l.overdue(0.03, 0).any) << "0 = no checkpoint limit";
+  const uint64_t inner = l.begin(g, 1, "broadcast", 1, "i64", 0, -1, true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  ASSERT_TRUE(l.overdue(0.03, 10).any);
+  EXPECT_EQ(l.overdue(0.03, 10).entry.ordinal, inner);
+  l.finish(inner, true);
+  l.finish(save, true);
+  EXPECT_FALSE(l.overdue(0.001, 0.001).any);
 }
 
 TEST(Ledger, BlockedIsTheWaitingCallOnly) {
