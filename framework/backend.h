@@ -83,8 +83,8 @@ class Backend {
   // Logits of one row as host floats (sampling).
   virtual std::vector<float> row_to_host(const Tensor& x, int64_t row, int64_t width) = 0;
   virtual void synchronize() {}
-  // (compute stream, communication stream) as cudaStream_t on the GPU; nulls on the CPU.
-  virtual std::pair<void*, void*> cuda_streams() { return {nullptr, nullptr}; }
+  // The compute stream as a cudaStream_t on the GPU; null on the CPU.
+  virtual void* cuda_compute_stream() { return nullptr; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

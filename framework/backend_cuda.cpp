@@ -138,8 +138,8 @@ class CudaBackend final : public Backend {
     return out;
   }
   void synchronize() override { ctx_.synchronize(); }
-  std::pair<void*, void*> cuda_streams() override {
-    return {static_cast<void*>(ctx_.compute_stream()), static_cast<void*>(ctx_.comm_stream())};
+  void* cuda_compute_stream() override {
+    return static_cast<void*>(ctx_.compute_stream());
   }
 
  private:

@@ -99,7 +99,7 @@ void Trainer::use_nccl_where_possible() {
     BRAID_REQUIRE(refused.empty(), "--comm nccl: ranks of the " << refused << " group share a GPU, which NCCL "
                                    "refuses; use --comm mpi (or auto) to run several ranks per GPU");
   });
-  void* compute = backend_->cuda_streams().first;
+  void* compute = backend_->cuda_compute_stream();
   for (size_t i = 0; i < data_groups.size(); ++i)
     if (wrap[i])  // under the ledger wrapper, so the ledger keeps recording the group's calls
       *data_groups[i] = replace_inner_communicator(std::move(*data_groups[i]), [&](std::unique_ptr<Communicator> c) {

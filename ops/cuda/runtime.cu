@@ -1,4 +1,4 @@
-// CudaContext: device selection, streams, events, cuBLASLt and cuDNN handles.
+// CudaContext: device selection, the compute stream, cuBLASLt and cuDNN handles.
 #include "ops/cuda/runtime.h"
 
 #include "ops/cuda/cuda_check.h"
@@ -16,9 +16,6 @@ CudaContext::CudaContext(int device_index) : device_(device_index) {
   // Blocking streams (no cudaStreamNonBlocking): see the header on ordering with Tensor's
   // default-stream memset and copies.
   BRAID_CHECK_CUDA(cudaStreamCreate(&compute_));
-  BRAID_CHECK_CUDA(cudaStreamCreate(&comm_));
-  BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
-  BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming));
   BRAID_CHECK_CUBLAS(cublasLtCreate(&lt_));
   workspace_ = device_alloc(kGemmWorkspaceBytes);
 }
@@ -29,9 +26,6 @@ CudaContext::~CudaContext() {
   if (cudnn_) cudnnDestroy(cudnn_);
   if (workspace_) device_free(workspace_);
   if (lt_) cublasLtDestroy(lt_);
-  if (comm_done_) cudaEventDestroy(comm_done_);
-  if (compute_done_) cudaEventDestroy(compute_done_);
-  if (comm_) cudaStreamDestroy(comm_);
   if (compute_) cudaStreamDestroy(compute_);
 }
 
@@ -44,20 +38,11 @@ cudnnHandle_t CudaContext::cudnn() {
   return cudnn_;
 }
 
-void CudaContext::stream_wait(cudaStream_t waiter, cudaStream_t producer) {
-  // One event per producing stream. Re-recording it is safe: cudaStreamWaitEvent captures
-  // the event's state at the time of the call, not at the time the wait executes.
-  cudaEvent_t e = producer == comm_ ? comm_done_ : compute_done_;
-  BRAID_CHECK(producer == comm_ || producer == compute_,
-              "stream_wait: the producer must be one of the context's streams");
-  BRAID_CHECK_CUDA(cudaEventRecord(e, producer));
-  BRAID_CHECK_CUDA(cudaStreamWaitEvent(waiter, e, 0));
-}
-
 void CudaContext::synchronize() {
   // The one deliberate host wait of a step: the caller is about to read results on the host.
+  // Communication streams (parallel/communicator_nccl.cpp) are ordered into the compute
+  // stream by events, so the compute stream's end is the step's end.
   BRAID_CHECK_CUDA(cudaStreamSynchronize(compute_));
-  BRAID_CHECK_CUDA(cudaStreamSynchronize(comm_));
 }
 
 }  // namespace braid::cuda
