@@ -43,6 +43,11 @@ class Backend {
   // dinp (overwritten, may be undefined to skip) = dout @ W; dW += dout^T inp; dbias += sum dout.
   virtual void matmul_backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, int w, int bias,
                                int64_t N, int IC, int OC) = 0;
+  // The two halves of matmul_backward, so that the input gradient's TP reduction can run
+  // while the weight gradient is computed: dinp = dout @ W; dW += dout^T inp, dbias += sum dout.
+  virtual void matmul_backward_input(Tensor& dinp, const Tensor& dout, int w, int64_t N, int IC, int OC) = 0;
+  virtual void matmul_backward_weight(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
+                                      int OC) = 0;
   virtual void bias_backward(const Tensor& dout, int bias, int64_t N, int C) = 0;
   // saved: whatever the backward needs (CPU: probabilities [B,NH,T,T]; CUDA: log-sum-exp).
   virtual void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, int B, int T, int NH, int HS) = 0;

@@ -48,6 +48,14 @@ class CpuBackend final : public Backend {
     cpu::matmul_backward(dinp ? dinp->f32() : nullptr, g(w), bias >= 0 ? g(bias) : nullptr, dout.f32(),
                          inp.f32(), v(w), N, IC, OC, /*accumulate_dinp=*/false);
   }
+  void matmul_backward_input(Tensor& dinp, const Tensor& dout, int w, int64_t N, int IC, int OC) override {
+    cpu::matmul_backward(dinp.f32(), nullptr, nullptr, dout.f32(), nullptr, v(w), N, IC, OC, false);
+  }
+  void matmul_backward_weight(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
+                              int OC) override {
+    cpu::matmul_backward(nullptr, g(w), bias >= 0 ? g(bias) : nullptr, dout.f32(), inp.f32(), v(w), N, IC, OC,
+                         false);
+  }
   void bias_backward(const Tensor& dout, int bias, int64_t N, int C) override {
     float* db = g(bias);
     const float* d = dout.f32();

@@ -74,6 +74,16 @@ class CudaBackend final : public Backend {
     cuda::matmul_backward(ctx_.gemm(), dinp ? b(*dinp) : nullptr, g(w), bias >= 0 ? g(bias) : nullptr, sc,
                           cb(dout), cb(inp), wb(w), N, IC, OC, false, s());
   }
+  void matmul_backward_input(Tensor& dinp, const Tensor& dout, int w, int64_t N, int IC, int OC) override {
+    cuda::matmul_backward(ctx_.gemm(), b(dinp), nullptr, nullptr, nullptr, cb(dout), nullptr, wb(w), N, IC, OC,
+                          false, s());
+  }
+  void matmul_backward_weight(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
+                              int OC) override {
+    void* sc = bias >= 0 ? scratch(cuda::bias_backward_scratch_bytes(N, OC)) : nullptr;
+    cuda::matmul_backward(ctx_.gemm(), nullptr, g(w), bias >= 0 ? g(bias) : nullptr, sc, cb(dout), cb(inp), wb(w),
+                          N, IC, OC, false, s());
+  }
   void bias_backward(const Tensor& dout, int bias, int64_t N, int C) override {
     cuda::bias_backward(g(bias), scratch(cuda::bias_backward_scratch_bytes(N, C)), cb(dout), N, C, s());
   }

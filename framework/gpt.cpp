@@ -128,6 +128,22 @@ void Gpt::grad_from_full_seq(Tensor& dfull, Tensor& dlocal) {
   tp_reduce_scatter_seq(tp_, dfull, dlocal, B_, cfg_.seq_len);
 }
 
+void Gpt::column_parallel_backward(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
+                                   int OC, Tensor& dfull, Tensor& dlocal) {
+  be_.matmul_backward_input(dfull, dout, w, N, IC, OC);
+  if (layout_.sequence_parallel) {
+    be_.matmul_backward_weight(dout, inp, w, bias, N, IC, OC);
+    grad_from_full_seq(dfull, dlocal);
+    return;
+  }
+  // copy_to_tp backward: the all-reduce of dfull runs on the TP group's stream (NCCL) or
+  // as a non-blocking MPI call while the weight gradient's GEMM computes.
+  std::unique_ptr<CommRequest> reduce = tp_.all_reduce_async(dfull.raw(), dfull.numel(), dfull.dtype(), ReduceOp::Sum);
+  be_.matmul_backward_weight(dout, inp, w, bias, N, IC, OC);
+  reduce->wait();
+  dlocal = dfull;
+}
+
 void Gpt::partial_to_local(Tensor& partial_full, Tensor& out_local) {
   if (!layout_.sequence_parallel) {
     tp_all_reduce(tp_, partial_full);  // reduce_from_tp forward
@@ -215,9 +231,8 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   Tensor dfch = be_.activation({B_, T, 4 * Cl});
   be_.gelu_backward(dfch, a.fch, dgelu);
   Tensor dln2_full = be_.activation({B_, T, C}), dln2;
-  be_.matmul_backward(&dln2_full, dfch, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
+  column_parallel_backward(dfch, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl, dln2_full, dln2);
   done({lp.fcw, lp.fcb});
-  grad_from_full_seq(dln2_full, dln2);
   be_.layernorm_backward_accumulate(dres2, dln2, a.res2, lp.ln2w, lp.ln2b, a.ln2_mean, a.ln2_rstd);
   done({lp.ln2w, lp.ln2b});
 
@@ -231,9 +246,8 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   Tensor dqkv = be_.activation({B_, T, 3 * Cl});
   be_.attention_backward(dqkv, datty, a.qkv, a.atty, a.att, B_, T, NHl, HS);
   Tensor dln1_full = be_.activation({B_, T, C}), dln1;
-  be_.matmul_backward(&dln1_full, dqkv, a.ln1_full, lp.qkvw, lp.qkvb, N, C, 3 * Cl);
+  column_parallel_backward(dqkv, a.ln1_full, lp.qkvw, lp.qkvb, N, C, 3 * Cl, dln1_full, dln1);
   done({lp.qkvw, lp.qkvb});
-  grad_from_full_seq(dln1_full, dln1);
   be_.layernorm_backward_accumulate(dinp, dln1, a.input, lp.ln1w, lp.ln1b, a.ln1_mean, a.ln1_rstd);
   done({lp.ln1w, lp.ln1b});
   dx = dinp;
