@@ -84,15 +84,17 @@ void Ledger::finish(uint64_t ordinal, bool ok) {
   }
 }
 
-Ledger::Blocked Ledger::blocked() const {
+// The longest-waiting call among those whose wait (seconds) `counts` accepts.
+template <class F>
+Ledger::Blocked Ledger::longest_wait(F counts) const {
   Blocked b;
   const auto now = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(mu_);
   for (size_t i = 0; i < ring_.size(); ++i) {
     const LedgerEntry& e = ring_[i];
     if (e.ordinal == 0 || e.state != CallState::Waiting) continue;
-    double s = std::chrono::duration<double>(now - wait_steady_[i]).count();
-    if (!b.any || s > b.seconds) {
+    const double s = std::chrono::duration<double>(now - wait_steady_[i]).count();
+    if (counts(e, s) && (!b.any || s > b.seconds)) {
       b.any = true;
       b.entry = e;
       b.seconds = s;
@@ -101,24 +103,17 @@ Ledger::Blocked Ledger::blocked() const {
   return b;
 }
 
+Ledger::Blocked Ledger::blocked() const {
+  return longest_wait([](const LedgerEntry&, double) { return true; });
+}
+
 bool is_checkpoint_call(const LedgerEntry& e) { return std::strncmp(e.op, "checkpoint_", 11) == 0; }
 
 Ledger::Blocked Ledger::overdue(double limit_s, double io_limit_s) const {
-  Blocked b;
-  const auto now = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> lock(mu_);
-  for (size_t i = 0; i < ring_.size(); ++i) {
-    const LedgerEntry& e = ring_[i];
-    if (e.ordinal == 0 || e.state != CallState::Waiting) continue;
+  return longest_wait([&](const LedgerEntry& e, double s) {
     const double limit = is_checkpoint_call(e) ? io_limit_s : limit_s;
-    const double s = std::chrono::duration<double>(now - wait_steady_[i]).count();
-    if (limit > 0 && s > limit && (!b.any || s > b.seconds)) {
-      b.any = true;
-      b.entry = e;
-      b.seconds = s;
-    }
-  }
-  return b;
+    return limit > 0 && s > limit;
+  });
 }
 
 std::string Ledger::group_label(int g) const {

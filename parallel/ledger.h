@@ -82,6 +82,8 @@ class Ledger {
 
  private:
   LedgerEntry* find(uint64_t ordinal);  // nullptr once overwritten
+  template <class F>
+  Blocked longest_wait(F counts) const;
   std::string group_label(int g) const;
 
   int world_rank_, world_size_;

@@ -260,16 +260,22 @@ TEST(MemoryPlan, ReportsEveryFailingCheckAtOnce) {
   EXPECT_FALSE(train_plan_json(p)["ok"].get<bool>());
 }
 
-// GPT-2 124M, B16 x T1024 on one GPU: unchunked, the bf16 logits [16384, 50304] (1.57 GiB)
-// are alive at the end of the forward, on top of every layer's activations, and that is
-// the step's peak. Chunked, the forward holds one chunk's logits and d(lnf) [16384, 768]
-// instead, and the peak moves elsewhere (it no longer depends on the chunk size).
-TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
+// GPT-2 124M at B16 x T1024 on one GPU (planned only: nothing is allocated).
+TrainConfig gpt2_124m_b16_cuda() {
   TrainConfig c;
   c.model.n_layer = 12, c.model.n_head = 12, c.model.n_embd = 768, c.model.seq_len = 1024;
   c.model.vocab_size = 50257;
   c.micro_batch = 16;
   c.device = "cuda";
+  return c;
+}
+
+// GPT-2 124M, B16 x T1024 on one GPU: unchunked, the bf16 logits [16384, 50304] (1.57 GiB)
+// are alive at the end of the forward, on top of every layer's activations, and that is
+// the step's peak. Chunked, the forward holds one chunk's logits and d(lnf) [16384, 768]
+// instead, and the peak moves elsewhere (it no longer depends on the chunk size).
+TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
+  TrainConfig c = gpt2_124m_b16_cuda();
   auto plan = [&](double mib) {
     c.loss_chunk_mib = mib;
     return plan_rank_memory(c, 1, 0, 0);
@@ -296,11 +302,7 @@ TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
 // GELU recomputation frees a quarter of each layer's stored activations (4 B T C of 16):
 // 12 x 16 x 1024 x 3072 bf16 = 1.13 GiB at GPT-2 124M B16, at the forward's end (the peak).
 TEST(MemoryPlan, GeluRecomputationDropsItsOutputFromEveryLayer) {
-  TrainConfig c;
-  c.model.n_layer = 12, c.model.n_head = 12, c.model.n_embd = 768, c.model.seq_len = 1024;
-  c.model.vocab_size = 50257;
-  c.micro_batch = 16;
-  c.device = "cuda";
+  TrainConfig c = gpt2_124m_b16_cuda();
   c.recompute = "none";
   const RankMemoryPlan stored = plan_rank_memory(c, 1, 0, 0);
   c.recompute = "gelu";
