@@ -44,7 +44,7 @@ braid_mpi_test(test_nonfinite_steps 4 300)
 set(BRAID_BAD_INPUT_CASES
     missing_data dataset_missing_split dataset_truncated dataset_bitflip dataset_larger_vocab
     world_not_divisible heads_vs_tp layers_vs_pp interleave_few_microbatches
-    bad_flag_value unknown_flag unknown_config_key missing_config option_placeholder
+    bad_flag_value memory_option_values unknown_flag unknown_config_key missing_config option_placeholder
     contradictory_stop_after contradictory_virtual_stages contradictory_device
     unwritable_output readonly_output
     checkpoint_missing checkpoint_no_manifest checkpoint_truncated checkpoint_bitflip_data

@@ -88,6 +88,13 @@ case_interleave_few_microbatches() {
     --schedule interleaved --virtual-stages 2 --grad-accum 1
 }
 case_bad_flag_value() { expect_error $CASE 2 "--lr must be a positive number" --data "$DATA" --out "$WORK/o" $M --lr -1; }
+case_memory_option_values() {  # the memory and fault options of session 3, refused on every rank
+  expect_error $CASE 2 "--recompute must be gelu or none (got 'all')" --data "$DATA" --out "$WORK/o" $M --recompute all
+  expect_error $CASE 2 "--loss-chunk-mib must be >= 0 (0 = no chunking), got -1" --data "$DATA" --out "$WORK/o" $M \
+    --loss-chunk-mib -1
+  expect_error $CASE 2 "--checkpoint-timeout must be >= 0 seconds (0 = off), got -5" --data "$DATA" --out "$WORK/o" $M \
+    --checkpoint-timeout -5
+}
 case_unknown_flag() { expect_error $CASE 2 "unrecognised option '--bogus'" --data "$DATA" --out "$WORK/o" $M --bogus 1; }
 case_unknown_config_key() {
   printf 'steps = 4\nbogus = 1\n' >"$WORK/run.ini"
