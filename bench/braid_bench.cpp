@@ -201,10 +201,13 @@ int main(int argc, char** argv) {
                                  (cfg.virtual_stages > 1 ? " v" + std::to_string(cfg.virtual_stages) : "") +
                                  (cfg.sequence_parallel ? " sp" : "");
       const std::string label = o.label.empty() ? (o.preset.empty() ? "custom" : o.preset) : o.label;
-      std::printf("braid-bench %s | %s | %s %s attention | B=%d x accum %d x dp %d, T=%d | %.0f tok/s (%.0f per GPU) | "
+      char memory_opts[96];  // the options that trade memory for time
+      std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB", cfg.recompute.c_str(),
+                    cfg.loss_chunk_mib);
+      std::printf("braid-bench %s | %s | %s %s attention, %s | B=%d x accum %d x dp %d, T=%d | %.0f tok/s (%.0f per GPU) | "
                   "ms/step median %.2f min %.2f max %.2f | MFU %.1f%% HFU %.1f%% per GPU | peak memory %.2f GiB "
                   "allocator, %.2f GiB device | loss %.3f\n",
-                  label.c_str(), layout.c_str(), cfg.device.c_str(), cfg.attention.c_str(), cfg.micro_batch,
+                  label.c_str(), layout.c_str(), cfg.device.c_str(), cfg.attention.c_str(), memory_opts, cfg.micro_batch,
                   cfg.grad_accum, groups.grid.dp, m.seq_len, tps, tps / world, median * 1e3, sorted.front() * 1e3,
                   sorted.back() * 1e3, mfu * 100, hfu * 100, reserved / (1 << 30), used / (1 << 30), last_loss);
       std::printf("  MFU = tok/s x (6N + 12LTC) / (%d GPUs x %.0f TFLOP/s), N = %.1fM, L = %d, T = %d, C = %d; HFU uses "
@@ -218,6 +221,8 @@ int main(int argc, char** argv) {
         j["gpus"] = world;
         j["device"] = cfg.device;
         j["attention"] = cfg.attention;
+        j["recompute"] = cfg.recompute;
+        j["loss_chunk_mib"] = cfg.loss_chunk_mib;
         j["micro_batch"] = cfg.micro_batch;
         j["grad_accum"] = cfg.grad_accum;
         j["seq_len"] = m.seq_len;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue table, one GPU: Braid (braid-bench, both attention kernels) beside PyTorch eager and
+# Issue table, one GPU: Braid (braid-bench, both attention kernels; and cuDNN without the
+# memory options) beside PyTorch eager and
 # torch.compile (bench/torch_reference.py), GPT-2 124M/350M (B=16) and 1.5B (B=8), T=1024,
 # measured in one run on the same GPU. Writes RESULTS (JSON lines) and prints a Markdown table.
 #   bench/run_speed_table.sh BIN_DIR OUT_DIR [STEPS]
@@ -14,8 +15,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 for row in "gpt2-124m 16" "gpt2-350m 16" "gpt2-1.5b 8"; do
   set -- $row
   preset=$1 b=$2
-  for att in cudnn braid; do
-    timeout 300 "$BIN/braid-bench" --preset "$preset" --device cuda --attention $att --micro-batch "$b" \
+  # Both attention kernels with the defaults, then cuDNN storing every activation and the
+  # whole logits (what the memory options cost or save).
+  for opts in "--attention cudnn" "--attention braid" "--attention cudnn --recompute none --loss-chunk-mib 0"; do
+    timeout 300 "$BIN/braid-bench" --preset "$preset" --device cuda $opts --micro-batch "$b" \
       --grad-accum 1 --bench-steps "$STEPS" --label "$preset" --json "$RES" 2>&1 | tee -a "$OUTD/speed.log" | grep -E "^braid-bench|error"
   done
   timeout 300 python3 "$HERE/torch_reference.py" --preset "$preset" --batch "$b" --steps "$STEPS" --json "$RES" 2>&1 |
@@ -29,7 +32,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print("| model | B | run | tok/s | ms/step | MFU | HFU | peak memory GiB |")
 print("|---|---|---|---|---|---|---|---|")
 for r in rows:
-    name = r["layout"] if "torch" in r["layout"] else "Braid, %s attention" % r.get("attention", "?")
+    name = r["layout"] if "torch" in r["layout"] else "Braid, %s attention, recompute %s, loss chunk %g MiB" % (
+        r.get("attention", "?"), r.get("recompute", "?"), r.get("loss_chunk_mib", -1))
     print("| %s | %d | %s | %.0f | %.1f | %.1f%% | %.1f%% | %.1f |" % (r["label"], r["micro_batch"], name, r["tokens_per_s"],
           r["ms_median"], 100 * r["mfu"], 100 * r["hfu"], r["peak_allocator_gib"]))
 PY
