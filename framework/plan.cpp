@@ -257,7 +257,10 @@ std::string format_train_plan(const TrainPlan& p) {
   os << "\n  options   " << (c.zero ? "ZeRO-1" : "ZeRO off") << " | sequence parallel "
      << (c.sequence_parallel && c.tp > 1 ? "on" : "off") << " | buckets " << std::defaultfloat << std::setprecision(6) << c.bucket_mb << " MiB | device "
      << c.device << (c.device == "cuda" ? " (bf16 activations, fp32 master weights and AdamW)" : " (fp32)")
-     << "\n\nchecks\n";
+     << "\n  memory    recompute " << c.recompute << " | loss chunk ";
+  if (c.loss_chunk_mib > 0) os << c.loss_chunk_mib << " MiB of logits";
+  else os << "off (whole logits)";
+  os << "\n\nchecks\n";
   for (const PlanCheck& ck : p.checks)
     os << "  " << (ck.ok() ? "ok    " : "FAIL  ") << ck.name << (ck.ok() ? "" : ": " + ck.problem) << "\n";
   if (p.ranks.empty()) {
@@ -328,6 +331,8 @@ nlohmann::json train_plan_json(const TrainPlan& p) {
   j["zero"] = c.zero;
   j["sequence_parallel"] = c.sequence_parallel && c.tp > 1;
   j["device"] = c.device;
+  j["recompute"] = c.recompute;
+  j["loss_chunk_mib"] = c.loss_chunk_mib;
   j["vocab_size"] = c.model.vocab_size;
   j["vocab_source"] = p.vocab_source;
   j["bubble_fraction"] = p.bubble_fraction;

@@ -14,8 +14,10 @@ timeout 60 $MPIRUN -n 1 "$BIN/braid-train" --plan --tp 2 --pp 4 --dp 2 --grad-ac
 rc=$?
 rows=$(grep -cE '^  [0-3] +all +(0-3|4-7|8-11|12-15) ' "$out")
 entries=$(grep -c '"rank":' "$WORK/plan16.json" 2>/dev/null)
-if [ "$rc" -eq 0 ] && [ "$rows" -eq 4 ] && [ "$entries" -eq 16 ] && grep -q 'world 16 = dp 2 x pp 4 x tp 2' "$out"; then
-  pass "plan of 16 ranks on one process (4 stage rows, 16 JSON ranks)"
+if [ "$rc" -eq 0 ] && [ "$rows" -eq 4 ] && [ "$entries" -eq 16 ] && grep -q 'world 16 = dp 2 x pp 4 x tp 2' "$out" \
+   && grep -q 'memory    recompute gelu | loss chunk 256 MiB of logits' "$out" \
+   && grep -qE '"recompute": *"gelu"' "$WORK/plan16.json"; then
+  pass "plan of 16 ranks on one process (4 stage rows, 16 JSON ranks, memory options named)"
 else
   fail "plan16: rc $rc, $rows stage rows, $entries JSON ranks"; sed 's/^/    /' "$out" | head -40
 fi
