@@ -118,6 +118,15 @@ inline RunResult run_on_ranks(const TrainConfig& cfg, int ranks) {
 }
 
 // Full logical tensor `group/name` ("params", "adam_m", "adam_v") of a checkpoint.
+// Overwrites an existing int64 attribute of a file's root group (forging headers in tests).
+inline void set_int64_attribute(const std::string& path, const char* name, int64_t value) {
+  hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
+  H5Awrite(attr, H5T_NATIVE_INT64, &value);
+  H5Aclose(attr);
+  H5Fclose(file);
+}
+
 inline std::vector<float> read_checkpoint_tensor(const std::string& dir, const std::string& group,
                                                  const std::string& name) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);

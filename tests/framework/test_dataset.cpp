@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../test_util.h"
 #include "framework/data_loader.h"
 #include "framework/dataset.h"
 #include "framework/text_import.h"
@@ -94,14 +95,6 @@ size_t stored_token_bytes(const std::string& path) {
   H5Dclose(dset);
   H5Fclose(file);
   return bytes;
-}
-
-void set_int64_attribute(const std::string& path, const char* name, int64_t value) {
-  hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
-  H5Awrite(attr, H5T_NATIVE_INT64, &value);
-  H5Aclose(attr);
-  H5Fclose(file);
 }
 
 TEST(TokenShards, Uint16RoundTripAcrossShards) {
@@ -203,11 +196,11 @@ TEST(TokenShards, BadInputsAreInputErrorsNamingTheFile) {
 
   // An unknown format version, then a missing attribute.
   const std::string shard = dir.file("train_000000.h5");
-  set_int64_attribute(shard, "format_version", 3);
+  test::set_int64_attribute(shard, "format_version", 3);
   expect_input_error([&] { TokenDataset(dir.path(), "train"); }, {shard, "format_version 3"});
-  set_int64_attribute(shard, "format_version", 1);  // version 1: the same shard without checksums
+  test::set_int64_attribute(shard, "format_version", 1);  // version 1: the same shard without checksums
   EXPECT_NO_THROW(TokenDataset(dir.path(), "train"));
-  set_int64_attribute(shard, "format_version", 2);
+  test::set_int64_attribute(shard, "format_version", 2);
   EXPECT_NO_THROW(TokenDataset(dir.path(), "train"));
   hid_t file = H5Fopen(shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
   H5Adelete(file, "tokenizer");

@@ -11,6 +11,7 @@
 #include <functional>
 #include <random>
 
+#include "../test_util.h"
 #include "framework/dataset.h"
 #include "ops/check.h"
 
@@ -50,14 +51,6 @@ std::vector<uint32_t> tokens_below(size_t n, uint32_t vocab) {
   std::vector<uint32_t> t(n);
   for (auto& x : t) x = rng() % vocab;
   return t;
-}
-
-void set_int64_attribute(const std::string& path, const char* name, int64_t value) {
-  hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
-  H5Awrite(attr, H5T_NATIVE_INT64, &value);
-  H5Aclose(attr);
-  H5Fclose(file);
 }
 
 // File offset of the first chunk of /tokens (where the token bytes are).
@@ -111,7 +104,7 @@ TEST(ShardIntegrity, TokenIdsBeyondTheDeclaredVocabularyAreErrorsNotIndices) {
   std::vector<uint32_t> tokens = tokens_below(300, 100);
   tokens[77] = 250;
   write_token_shard(shard, tokens, kDocs, 257, "byte");
-  set_int64_attribute(shard, "vocab_size", 100);  // a forged header: ids up to 250 inside
+  test::set_int64_attribute(shard, "vocab_size", 100);  // a forged header: ids up to 250 inside
   expect_error<true>([&] { TokenDataset(dir.path.string(), "train"); },
                      {shard, "token id 250 at position 77", "vocabulary of 100"});
   TokenDataset streaming(dir.path.string(), "train", 0);
@@ -122,7 +115,7 @@ TEST(ShardIntegrity, ForgedHeadersAreRefusedBeforeAllocation) {
   TempDir dir;
   const std::string shard = dir.file("train_000000.h5");
   write_token_shard(shard, tokens_below(300, 257), kDocs, 257, "byte");
-  set_int64_attribute(shard, "vocab_size", int64_t{1} << 40);
+  test::set_int64_attribute(shard, "vocab_size", int64_t{1} << 40);
   expect_error<true>([&] { TokenDataset(dir.path.string(), "train"); }, {shard, "vocab_size 1099511627776"});
   fs::remove(shard);
 
