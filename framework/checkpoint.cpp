@@ -188,20 +188,25 @@ void rank0_collective(Communicator& world, const std::function<void()>& fn) {
 }
 
 // Test hooks (crash consistency and full disks):
-//   BRAID_FAULT_KILL_DURING_SAVE=STEP[:RANK]  every rank (or world rank RANK only)
+//   BRAID_FAULT_KILL_DURING_SAVE=STEP[:RANK[:open]]  every rank (or world rank RANK only)
 //                                      SIGKILLs itself while writing that step's
-//                                      checkpoint, after its raw data and before the close;
+//                                      checkpoint, after its raw data and before the close
+//                                      (the others then wait in one of our collectives), or
+//                                      with ":open" just before the collective file create
+//                                      (the others then wait inside parallel HDF5);
 //   BRAID_TEST_SKIP_SPACE_CHECK=1      no free-space check before a save, so that a full
 //                                      disk makes a write fail mid-way.
-void maybe_die_during_save(int64_t step) {
+void maybe_die_during_save(int64_t step, bool at_open) {
   const char* v = std::getenv("BRAID_FAULT_KILL_DURING_SAVE");
   if (v == nullptr || std::atoll(v) != step) return;
-  if (const char* colon = std::strchr(v, ':')) {
+  const char* colon = std::strchr(v, ':');
+  if (colon != nullptr) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     if (std::atoi(colon + 1) != rank) return;
   }
-  std::raise(SIGKILL);
+  const bool want_open = colon != nullptr && std::strstr(colon + 1, ":open") != nullptr;
+  if (want_open == at_open) std::raise(SIGKILL);
 }
 
 // Directories and pointer files that an interrupted save left behind.
@@ -228,6 +233,7 @@ std::string write_model_file(const std::string& file, const CheckpointState& sta
   QuietHdf5Errors quiet;
   H5Handle fapl(make_checksummed_fapl(), H5Pclose);
   BRAID_CHECK_H5(H5Pset_fapl_mpio(fapl.get(), control_comm(world), MPI_INFO_NULL));
+  maybe_die_during_save(state.step, /*at_open=*/true);
   const hid_t f = H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
   std::string err = f < 0 ? "cannot create " + file + ": " + hdf5_error_detail() : "";
   std::map<std::string, H5Handle> dsets;
@@ -287,7 +293,7 @@ std::string write_model_file(const std::string& file, const CheckpointState& sta
       err = "writing " + file + " failed: " + e.what();
     }
   }
-  maybe_die_during_save(state.step);
+  maybe_die_during_save(state.step, /*at_open=*/false);
   dsets.clear();
   err = first_error(world, err);
   // Flush: MPI_File_sync on every rank, so every node's writes reach the disk.

@@ -116,6 +116,10 @@ Ledger::Blocked Ledger::overdue(double limit_s, double io_limit_s) const {
   });
 }
 
+Ledger::Blocked Ledger::in_checkpoint() const {
+  return longest_wait([](const LedgerEntry& e, double) { return is_checkpoint_call(e); });
+}
+
 std::string Ledger::group_label(int g) const {
   if (g < 0 || g >= int(groups_.size())) return "?";
   std::ostringstream os;

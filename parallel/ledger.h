@@ -73,6 +73,8 @@ class Ledger {
   // The longest-waiting call whose wait exceeds its limit: `io_limit_s` for checkpoint
   // saves and loads (ops "checkpoint_*"), `limit_s` for every other call; <= 0 = no limit.
   Blocked overdue(double limit_s, double io_limit_s) const;
+  // The checkpoint save or load this rank is in (Waiting), if any, and for how long.
+  Blocked in_checkpoint() const;
   // "call #57 of group tp[0,1]: all_reduce_sum f32 x 4096"
   std::string describe(const LedgerEntry& e) const;
 

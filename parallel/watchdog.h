@@ -8,7 +8,14 @@
 //   with kWatchdogExitCode).
 // - On request (SIGUSR2 -> request_ledger_dump(), a flag: the signal handler never writes
 //   files) it dumps this rank's ledger and the run goes on.
-// - It answers other ranks' dump requests (dump_all) with a dump of its own.
+// - A checkpoint save or load runs inside parallel HDF5, whose own synchronisation our
+//   communicators cannot see: a peer lost there would leave the others waiting for the
+//   whole --checkpoint-timeout. So once a rank has been in a save or load for longer than
+//   --collective-timeout, it sends the other ranks' watchdogs a liveness probe (again
+//   every --collective-timeout): if one does not answer within grace_s it is lost, and the
+//   job is aborted at once, naming it. A long save among live ranks is left alone.
+// - It answers other ranks' dump requests (dump_all) with a dump of its own, and their
+//   liveness probes.
 //
 // Cross-rank messages go over a private duplicate of the world communicator, from this
 // thread while the main thread may sit in a collective: that needs MPI_THREAD_MULTIPLE
@@ -18,6 +25,7 @@
 #include <mpi.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -48,7 +56,11 @@ class Watchdog {
 
   // Asks every other rank to dump its ledger, dumps this rank's, and waits up to grace_s
   // for the others' answers. Returns the ranks that did not answer. Any thread; no throw.
-  std::vector<int> dump_all(const std::string& reason);
+  // `known_silent`: ranks already found lost, not waited for.
+  std::vector<int> dump_all(const std::string& reason, const std::vector<int>& known_silent = {});
+  // Sends every other rank a liveness probe and waits up to grace_s for the answers;
+  // returns the ranks that did not answer. Watchdog thread only.
+  std::vector<int> probe_peers();
   const Options& options() const { return opt_; }
 
  private:
@@ -56,6 +68,9 @@ class Watchdog {
   void serve_requests();  // answers pending dump requests (either thread)
   void dump_local(const std::string& reason) noexcept;
   [[noreturn]] void fire(const Ledger::Blocked& b);
+  [[noreturn]] void abort_job(const std::string& head, const std::vector<int>& known_silent);
+  // Liveness probe during a long checkpoint save or load (see above).
+  void check_checkpoint_peers();
 
   std::shared_ptr<Ledger> ledger_;
   Options opt_;
@@ -65,6 +80,8 @@ class Watchdog {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
+  int probe_seq_ = 0;
+  std::chrono::steady_clock::time_point last_probe_{};
   std::mutex dump_mu_;
   std::thread thread_;
 };

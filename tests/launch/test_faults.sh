@@ -6,6 +6,7 @@
 #     (--collective-timeout) names the rank that does not answer, dumps the ledgers and
 #     aborts (exit 4); braid-ledger blames the lost rank;
 #  B2. the same with the rank lost inside a checkpoint save (survivors inside parallel HDF5);
+#  B3. the same with --checkpoint-timeout at its default: the liveness probe ends the job;
 #  C. a deliberately mismatched collective (--inject-collective-mismatch): watchdog abort,
 #     braid-ledger names the rank and the call;
 #  D. non-finite steps (--inject-nan-at-step): skipped and counted, rollback after
@@ -32,6 +33,23 @@ wait_progress() {
   return 1
 }
 now() { date +%s.%N; }
+# Waits up to $2 s for background job $1 (mpiexec) and returns its exit code; on a hang it
+# prints the ranks' stacks (gdb, when present), kills the job and returns 200 so that the
+# test fails with a diagnosis instead of running into ctest's timeout.
+wait_bounded() {
+  local pid=$1 secs=$2 out=$3 i p
+  for i in $(seq 1 $((secs * 5))); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid"; return $?; }
+    sleep 0.2
+  done
+  echo "HANG: mpiexec still running ${secs} s later; the ranks' stacks:"
+  for p in $(pgrep -f -- "--out $out( |$)"); do
+    echo "--- pid $p"
+    command -v gdb >/dev/null && timeout 30 gdb -p "$p" -batch -ex "thread apply all bt" 2>/dev/null | grep -E "^#" | grep -v " in ?? " | head -40
+  done
+  pkill -KILL -f -- "--out $out( |$)"; kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  return 200
+}
 elapsed() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 
 # --- A. SIGKILL under plain mpiexec ------------------------------------------------------
@@ -40,7 +58,7 @@ $MPIRUN -n 4 "$BIN/braid-train" "${MODEL[@]}" --steps 100000 --save-every 4 --tp
 mpid=$!
 wait_progress "$A" 10 || fail "A: no progress"
 victim=$(rank_pid "$A" 2)
-t0=$(now); kill -KILL "$victim"; wait $mpid; rc=$?; t1=$(now)
+t0=$(now); kill -KILL "$victim"; wait_bounded $mpid 60 "$A"; rc=$?; t1=$(now)
 secs=$(elapsed "$t0" "$t1")
 last=$(sed 's/step_0*//' "$A/checkpoints/latest")
 if [ "$rc" -ne 0 ] && grep -q "process rank 2 .*exited on signal 9" "$WORK/a.log" && python3 -c "assert $secs <= 10"; then
@@ -66,10 +84,13 @@ $MPIRUN --mca orte_abort_on_non_zero_status 0 -n 4 "$BIN/braid-train" "${MODEL[@
 mpid=$!
 wait_progress "$B" 6 || fail "B: no progress"
 victim=$(rank_pid "$B" 1)
-t0=$(now); kill -KILL "$victim"; wait $mpid; rc=$?; t1=$(now)
+t0=$(now); kill -KILL "$victim"; wait_bounded $mpid 60 "$B"; rc=$?; t1=$(now)
 secs=$(elapsed "$t0" "$t1")
 # Bound: timeout 2 s + answers awaited 3 s + Open MPI's teardown; 12 s leaves room for a loaded CI machine.
-if [ "$rc" -ne 0 ] && grep -q "watchdog: collective timeout on rank .*Rank 1 does not answer" "$WORK/b.log" \
+# The survivors are either in one of our collectives (collective timeout) or, when rank 1
+# died during a checkpoint save, inside parallel HDF5 (the liveness probe finds it lost).
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 200 ] \
+   && grep -Eq "watchdog: (collective timeout|checkpoint stalled) on rank .*Rank 1 does not answer" "$WORK/b.log" \
    && python3 -c "assert $secs <= 12"; then
   pass "B: watchdog names lost rank 1, every rank gone ${secs} s after the SIGKILL (--collective-timeout 2, bound 12 s)"
 else fail "B: rc $rc after ${secs} s"; grep -v "^step" "$WORK/b.log" | tail -8; fi
@@ -93,6 +114,22 @@ if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "watchdog: checkpoint timeout on 
    && [ "$(cat "$B2/checkpoints/latest")" = step_00000004 ]; then
   pass "B2: rank 1 lost inside step 8's save: watchdog names checkpoint_save and rank 1 (exit $rc, ${secs} s in all); latest stays step 4"
 else fail "B2: rc $rc after ${secs} s"; grep -v "^step" "$WORK/b2.log" | tail -8; fi
+
+# --- B3. Rank 1 lost just before the checkpoint file's collective create, so the survivors
+# wait inside parallel HDF5 (MPI_File_open), where no collective of ours can time out; with
+# the default --checkpoint-timeout (an hour) the survivors' watchdogs
+# probe the other ranks once the save has lasted --collective-timeout, find rank 1 lost and
+# abort at once (the bug CI found: the job hung in the save until ctest's timeout).
+B3="$WORK/b3"
+t0=$(now)
+BRAID_FAULT_KILL_DURING_SAVE=8:1:open timeout 120 $MPIRUN --mca orte_abort_on_non_zero_status 0 -n 4 "$BIN/braid-train" \
+  "${MODEL[@]}" --steps 12 --save-every 4 --tp 2 --pp 2 --collective-timeout 2 --out "$B3" >"$WORK/b3.log" 2>&1
+rc=$?; t1=$(now); secs=$(elapsed "$t0" "$t1")
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] \
+   && grep -q "watchdog: checkpoint stalled on rank .*: checkpoint_save .*liveness probe (sent after --collective-timeout 2) went unanswered.*Rank 1 does not answer" "$WORK/b3.log" \
+   && [ "$(cat "$B3/checkpoints/latest")" = step_00000004 ]; then
+  pass "B3: rank 1 lost inside a save, --checkpoint-timeout left at its default: liveness probe names rank 1 (exit $rc, ${secs} s in all)"
+else fail "B3: rc $rc after ${secs} s"; grep -v "^step" "$WORK/b3.log" | tail -8; fi
 
 # --- C. A deliberately mismatched collective --------------------------------------------------
 C="$WORK/c"
@@ -141,7 +178,7 @@ mpid=$!
 for i in $(seq 1 150); do [ -f "$E/metrics.jsonl" ] && [ "$(wc -l < "$E/metrics.jsonl")" -ge 5 ] && break; sleep 0.2; done
 kill -USR2 $mpid  # mpiexec forwards SIGUSR2 to every rank
 for i in $(seq 1 50); do [ "$(ls "$E"/ledger/rank-*.json 2>/dev/null | wc -l)" -eq 2 ] && break; sleep 0.2; done
-wait $mpid; rc=$?
+wait_bounded $mpid 120 "$E"; rc=$?
 "$BIN/braid-ledger" "$E/ledger" >"$WORK/e.ledger" 2>&1; lrc=$?
 if [ $rc -eq 0 ] && [ "$(wc -l < "$E/metrics.jsonl")" -eq 400 ] && grep -q '"reason": "SIGUSR2"' "$E/ledger/rank-0.json" \
    && grep -q '"reason": "SIGUSR2"' "$E/ledger/rank-1.json" && [ $lrc -eq 1 ]; then

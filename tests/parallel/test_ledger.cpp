@@ -56,9 +56,15 @@ TEST(Ledger, OverdueUsesTheCheckpointLimitForCheckpointCalls) {
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   ASSERT_TRUE(l.overdue(0.03, 10).any);
   EXPECT_EQ(l.overdue(0.03, 10).entry.ordinal, inner);
+  // in_checkpoint() (the watchdog's liveness probe) sees the save, not the inner call,
+  // and for as long as the save has lasted (>= 60 + 40 ms of sleep).
+  ASSERT_TRUE(l.in_checkpoint().any);
+  EXPECT_EQ(l.in_checkpoint().entry.ordinal, save);
+  EXPECT_GE(l.in_checkpoint().seconds, 0.1);
   l.finish(inner, true);
   l.finish(save, true);
   EXPECT_FALSE(l.overdue(0.001, 0.001).any);
+  EXPECT_FALSE(l.in_checkpoint().any) << "no save or load in progress";
 }
 
 TEST(Ledger, BlockedIsTheWaitingCallOnly) {
