@@ -8,7 +8,7 @@
 //   dw       D = dw^T [IC x OC]:  m=IC, n=OC, k=N,  A = inp (stored IC x N,  op N),
 //                                 B = dout (stored OC x N, op T)
 // The algorithm for a configuration (shape, types, epilogue, pointer alignments) is chosen
-// once by cuBLASLt's heuristic and cached, so every call of a shape runs the same kernel:
+// once by cuBLASLt's heuristic (told the operands' actual alignment) and cached, so every call of a shape runs the same kernel:
 // results are reproducible run to run.
 #include <atomic>
 #include <map>
@@ -131,6 +131,19 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
       BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&desc.pref));
       BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
           desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+      // cuBLASLt assumes 256-byte aligned operands unless told otherwise; views into a
+      // tensor (row chunks of the LM head, weight slices) can be less aligned, and an
+      // algorithm chosen for 256 would then read misaligned vectors. C is D here.
+      const uint32_t align_a = uint32_t(alignment(A)), align_b = uint32_t(alignment(B)),
+                     align_d = uint32_t(alignment(D));
+      BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+          desc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
+      BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+          desc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
+      BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+          desc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+      BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+          desc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
       cublasLtMatmulHeuristicResult_t result{};
       int count = 0;
       const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(

@@ -519,6 +519,49 @@ TEST_F(CudaOps, MatmulForwardBackward) {
   expect_emulated("matmul dinp (beta 1)", dinp2.download(), ref_acc, rb(ref_acc), kUBf16);
 }
 
+// Views into a tensor (the LM head's row chunks, weight slices) start at any row: a
+// forward and both backward GEMMs on operands only 16-byte aligned (row 1 of 200 / 136
+// columns) must match the same products computed from aligned copies (cuBLASLt is told
+// the real alignment; an algorithm picked for 256-byte operands would misread them).
+TEST_F(CudaOps, MatmulOnRowOffsetViews) {
+  const int64_t N = 63;
+  const int IC = 200, OC = 136;  // rows of 400 and 272 bytes: row 1 is 16-byte aligned
+  std::mt19937 rng(11);
+  const VecF inp = random_bf16(rng, (N + 1) * IC), w = random_bf16(rng, size_t(OC) * IC, 0.f, 0.1f);
+  const VecF dout = random_bf16(rng, (N + 1) * OC);
+  Bf16 d_inp(inp), d_w(w), d_dout(dout), out((N + 1) * OC), dinp((N + 1) * IC);
+  F32 dw(VecF(size_t(OC) * IC, 0.f));
+  const cuda::GemmHandle gemm = ctx().gemm();
+  cuda::matmul_forward(gemm, out.get() + OC, nullptr, d_inp.get() + IC, d_w.get(), nullptr, N, IC, OC, false,
+                       stream);
+  cuda::matmul_backward(gemm, dinp.get() + IC, dw.get(), nullptr, nullptr, d_dout.get() + OC, d_inp.get() + IC,
+                        d_w.get(), N, IC, OC, false, stream);
+  VecD ref_out(N * OC, 0.0), ref_dinp(N * IC, 0.0), ref_dw(size_t(OC) * IC, 0.0), abs_dw(ref_dw.size(), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int o = 0; o < OC; ++o) {
+      const double g = dout[(n + 1) * OC + o];
+      for (int i = 0; i < IC; ++i) {
+        const double x = inp[(n + 1) * IC + i], wv = w[size_t(o) * IC + i];
+        ref_out[n * OC + o] += x * wv;
+        ref_dinp[n * IC + i] += g * wv;
+        ref_dw[size_t(o) * IC + i] += g * x;
+        abs_dw[size_t(o) * IC + i] += std::fabs(g * x);
+      }
+    }
+  const VecF got_out = out.download(), got_dinp = dinp.download();
+  // Only the view's rows: row 0 of each output buffer is never written (still NaN).
+  const VecF view_out(got_out.begin() + OC, got_out.end()), view_dinp(got_dinp.begin() + IC, got_dinp.end());
+  EXPECT_TRUE(std::isnan(got_out[0]) && std::isnan(got_dinp[0])) << "a GEMM wrote before its view";
+  // The emulation rule with the correctly rounded exact value as the emulation: one bf16
+  // rounding (u = 2^-8) of a short fp32 sum.
+  expect_emulated("matmul_forward, row-1 views", view_out, ref_out, rb(ref_out), kUBf16);
+  expect_emulated("matmul dinp, row-1 views", view_dinp, ref_dinp, rb(ref_dinp), kUBf16);
+  // dw is fp32 (N = 63 exact products): Higham's bound for any summation order.
+  VecD tol(abs_dw.size());
+  for (size_t i = 0; i < tol.size(); ++i) tol[i] = gamma32(double(N) + 1) * abs_dw[i];
+  expect_close_each("matmul dw, row-1 views", dw.download(), ref_dw, tol);
+}
+
 // ---- cross-entropy ---------------------------------------------------------------------
 
 TEST_F(CudaOps, VocabParallelCrossEntropy) {
