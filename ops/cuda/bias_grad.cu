@@ -1,8 +1,12 @@
 // The bias gradient of a linear layer, dbias[OC] += sum_n dout[n, :], as a deterministic
-// two-pass column sum: block (64-column tile, chunk of kChunkRows rows) sums its rows (8
-// warps stride over them; each lane owns two adjacent columns, read as one bf16 pair), adds
-// the 8 warp sums in order and writes one partial per (chunk, column); column_finalize adds
-// the partials in chunk order.
+// two-pass column sum: a block sums a tile of columns over a chunk of rows (8 warps stride
+// over them), adds the 8 warp sums in order and writes one partial per (chunk, column);
+// column_finalize adds the partials in chunk order.
+// - 16-byte path (OC % 8 == 0, aligned dout: every linear layer): 256-column tiles, each
+//   lane owns 8 adjacent columns read as one 16-byte vector, and a chunk is 64 rows, so a
+//   lane's 8 rows are all loaded before they are added (the pair path below waits for
+//   memory once per row: 37-43% of the copy bandwidth measured).
+// - pair path: 64-column tiles, each lane owns two adjacent columns (one bf16 pair).
 #include "ops/cuda/column_reduce.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -48,22 +52,74 @@ bias_partials_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
 
 int64_t chunks(int64_t N) { return ceil_div(N, kChunkRows); }
 
+constexpr int kVecChunkRows = 64;  // 8 rows per warp
+__global__ void __launch_bounds__(256)
+bias_partials_vec_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
+  __shared__ float s[8][257];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c0 = blockIdx.x * 256 + 8 * tx;
+  const int64_t chunk = blockIdx.y;
+  const int64_t first = chunk * kVecChunkRows;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (c0 < OC) {
+    uint4 raw[kVecChunkRows / 8];
+#pragma unroll
+    for (int j = 0; j < kVecChunkRows / 8; ++j) {
+      const int64_t n = first + ty + 8 * j;
+      if (n < N) raw[j] = *reinterpret_cast<const uint4*>(dout + n * OC + c0);
+    }
+#pragma unroll
+    for (int j = 0; j < kVecChunkRows / 8; ++j) {
+      if (first + ty + 8 * j >= N) break;
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw[j]);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 f = __bfloat1622float2(h[k]);
+        acc[2 * k] += f.x;
+        acc[2 * k + 1] += f.y;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) s[ty][8 * tx + k] = acc[k];
+  __syncthreads();
+  const int t = ty * 32 + tx;  // 256 threads, one column of the tile each
+  const int c = blockIdx.x * 256 + t;
+  if (c < OC) {
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) total += s[w][t];
+    partial[chunk * OC + c] = total;
+  }
+}
+
+bool vec_path(const bf16* dout, int OC) { return OC % 8 == 0 && aligned16(dout); }
+int64_t partial_rows(const bf16* dout, int64_t N, int OC) {
+  return vec_path(dout, OC) ? ceil_div(N, kVecChunkRows) : chunks(N);
+}
+
 }  // namespace
 
-size_t bias_backward_scratch_bytes(int64_t N, int OC) {
-  return size_t(chunks(N)) * size_t(OC) * sizeof(float);
+size_t bias_backward_scratch_bytes(int64_t N, int OC) {  // the larger of the two paths
+  return size_t(ceil_div(N, kVecChunkRows)) * size_t(OC) * sizeof(float);
 }
 
 void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int OC,
                    cudaStream_t stream) {
   if (N == 0 || OC == 0) return;
   BRAID_CHECK(scratch != nullptr, "bias_backward needs scratch (bias_backward_scratch_bytes)");
-  BRAID_CHECK(chunks(N) <= 65535, "bias_backward: " << N << " rows is more than supported");
   float* partial = static_cast<float*>(scratch);
-  const dim3 grid(unsigned(ceil_div(OC, 64)), unsigned(chunks(N)));
-  bias_partials_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
+  const int64_t rows = partial_rows(dout, N, OC);
+  BRAID_CHECK(rows <= 65535, "bias_backward: " << N << " rows is more than supported");
+  if (vec_path(dout, OC)) {
+    const dim3 grid(unsigned(ceil_div(OC, 256)), unsigned(rows));
+    bias_partials_vec_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
+  } else {
+    const dim3 grid(unsigned(ceil_div(OC, 64)), unsigned(rows));
+    bias_partials_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
+  }
   BRAID_CHECK_LAUNCH();
-  column_finalize(dbias, nullptr, OC, partial, chunks(N), OC, stream);
+  column_finalize(dbias, nullptr, OC, partial, rows, OC, stream);
 }
 
 }  // namespace braid::cuda

@@ -863,6 +863,24 @@ TEST_F(CudaOps, AdamWOverSegmentsAndGradNorm) {
   std::printf("[  max err ] %-34s %.3e  (tol %.3e)\n", "sum_squares", std::fabs(got - ref), tol);
   cuda::clip_scale_from_sum_squares(clip.get(), sumsq.get(), 1.0f, stream);
   EXPECT_FLOAT_EQ(clip.download()[0], float(std::min(1.0, 1.0 / (std::sqrt(got) + 1e-6))));
+
+  // The float4 path's scalar heads and tails (segments starting and ending off a multiple of
+  // 4, one across a block boundary of 32768), and the scalar path (x not 16-byte aligned).
+  const int64_t big = 80000;
+  const std::vector<cuda::ParamSegment> odd = {{1, 4093, 1}, {4101, 30000, 0}, {34102, 2, 1}, {40001, 39990, 1}};
+  const auto d_odd = to_device(odd);
+  F32 y(random_normal(rng, big + 1));
+  const VecF ys = y.download();
+  DeviceArray<char> scratch_big(cuda::sum_squares_scratch_bytes(big));
+  for (int shift = 0; shift < 2; ++shift) {
+    SCOPED_TRACE(shift ? "x not 16-byte aligned (scalar path)" : "x aligned (float4 path)");
+    cuda::sum_squares(sumsq.get(), scratch_big.get(), y.get() + shift, d_odd->get(), int(odd.size()), big, stream);
+    double r = 0;
+    for (const auto& sg : odd)
+      for (int64_t i = sg.offset; i < sg.offset + sg.length; ++i) r += double(ys[i + shift]) * ys[i + shift];
+    const double t = big * u64 / (1 - big * u64) * r;  // as above: fp64 sum of non-negative terms
+    EXPECT_NEAR(sumsq.download()[0], r, t);
+  }
 }
 
 }  // namespace
