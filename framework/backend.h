@@ -94,6 +94,7 @@ class Backend {
 
 std::unique_ptr<Backend> make_cpu_backend();
 // Throws if this build has no CUDA backend. device_index: the GPU this rank drives.
-std::unique_ptr<Backend> make_cuda_backend(int device_index, bool cudnn_attention = false);
+std::unique_ptr<Backend> make_cuda_backend(int device_index, bool cudnn_attention = false,
+                                           bool gemm_autotune = false);
 
 }  // namespace braid

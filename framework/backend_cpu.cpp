@@ -135,7 +135,7 @@ class CpuBackend final : public Backend {
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
 
 #ifndef BRAID_HAVE_CUDA
-std::unique_ptr<Backend> make_cuda_backend(int, bool) {
+std::unique_ptr<Backend> make_cuda_backend(int, bool, bool) {
   throw InputError("--device cuda: this build of Braid has no CUDA backend (nvcc was not found at configure time)");
 }
 #endif

@@ -205,7 +205,8 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device_index, bool cudnn_attention) {
+std::unique_ptr<Backend> make_cuda_backend(int device_index, bool cudnn_attention, bool gemm_autotune) {
+  cuda::set_gemm_autotune(gemm_autotune);
   return std::make_unique<CudaBackend>(device_index, cudnn_attention);
 }
 

@@ -80,6 +80,7 @@ po::options_description train_options(TrainConfig& c) {
     ("quiet", po::bool_switch(&c.quiet), "no console log lines (metrics.jsonl is still written)")
     ("device", po::value(&c.device)->default_value("cpu"), "cpu | cuda (bf16 compute, fp32 master weights; one GPU per node-local rank)")
     ("attention", po::value(&c.attention)->default_value("braid"), "CUDA attention: braid (Braid's flash kernel) | cudnn")
+    ("gemm-autotune", po::bool_switch(&c.gemm_autotune), "CUDA: time up to 8 of cuBLASLt's candidate algorithms at each GEMM shape's first call and keep the fastest (default: the heuristic's first; with autotuning the choice, and so the low bits of results, may differ between runs)")
     ("loss-chunk-mib", po::value(&c.loss_chunk_mib)->default_value(256), "LM head and loss over row chunks whose logits take at most this many MiB; a training forward runs the head's backward chunk by chunk, so the [tokens, vocab] logits never exist whole (0 = one logits tensor kept until backward)")
     ("recompute", po::value(&c.recompute)->default_value("gelu"), "activations recomputed in the backward instead of stored: gelu (GELU's output, one elementwise pass per layer; saves a quarter of each layer's activations) | none")
     ("comm", po::value(&c.comm)->default_value("auto"), "GPU collectives: nccl | mpi (staged through host memory) | auto (NCCL when every rank of a group has its own GPU)")
@@ -204,6 +205,7 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   // Options that contradict each other: refused rather than one silently ignored.
   BRAID_REQUIRE(c.stop_after <= c.steps, "--stop-after " << c.stop_after << " is past --steps " << c.steps
                                                          << ": the run would end before it");
+  BRAID_REQUIRE(c.device == "cuda" || !c.gemm_autotune, "--gemm-autotune tunes CUDA GEMMs but --device is " << c.device);
   BRAID_REQUIRE(c.device == "cuda" || c.attention == "braid",
                 "--attention " << c.attention << " is a CUDA kernel but --device is " << c.device);
   BRAID_REQUIRE(c.device == "cuda" || c.comm != "nccl", "--comm nccl needs --device cuda (NCCL moves GPU memory)");

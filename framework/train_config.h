@@ -43,6 +43,7 @@ struct TrainConfig {
   bool quiet = false;
   std::string device = "cpu";       // cpu | cuda
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
+  bool gemm_autotune = false;       // time cuBLASLt's candidates per GEMM shape (CUDA)
   std::string recompute = "gelu";   // gelu | none: activations recomputed in the backward
   double loss_chunk_mib = 256;      // logits budget of the chunked LM head + loss; 0 = unchunked
   int local_device = 0;             // GPU of this rank (set by the entry point)

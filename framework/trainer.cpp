@@ -46,7 +46,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
                                                                   << " needs --schedule interleaved");
     validate_schedule_spec(spec);
   });
-  backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device, cfg_.attention == "cudnn") : make_cpu_backend();
+  backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device, cfg_.attention == "cudnn", cfg_.gemm_autotune) : make_cpu_backend();
   if (cfg_.device == "cuda") use_nccl_where_possible();
   model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch, *backend_);
   model_->set_loss_chunk_bytes(cfg_.loss_chunk_bytes());

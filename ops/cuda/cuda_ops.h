@@ -132,6 +132,14 @@ void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias
 enum class EpiloguePath { None, Fused, FusedBf16Bias, SecondPass };
 EpiloguePath matmul_last_epilogue_path();
 
+// GEMM algorithm choice for configurations not yet cached (process-wide). Off (default):
+// cuBLASLt's first heuristic answer, so a configuration runs the same kernel in every run.
+// On: the first call of a configuration times up to 8 heuristic candidates (1 warm-up + 3
+// timed runs each, into a scratch output so that accumulating GEMMs are not disturbed)
+// and keeps the fastest; the choice may then differ between runs (results within the
+// same rounding bounds, not bitwise equal).
+void set_gemm_autotune(bool on);
+
 // dbias[OC] += sum_n dout[n, :], deterministic (per-block partials, fixed-order sum).
 size_t bias_backward_scratch_bytes(int64_t N, int OC);
 void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int OC,

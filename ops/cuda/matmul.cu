@@ -74,6 +74,44 @@ AlgoCache& algo_cache() {
 }
 
 std::atomic<int> g_last_path{int(EpiloguePath::None)};
+std::atomic<bool> g_autotune{false};
+
+// Times each candidate on `stream` (1 warm-up + 3 runs; D replaced by a scratch buffer, so
+// beta = 1 GEMMs do not accumulate into the real output) and returns the fastest's index.
+int fastest_algo(const GemmHandle& h, const Descriptors& desc, const cublasLtMatmulHeuristicResult_t* results,
+                 int count, const void* A, const void* B, size_t d_bytes, float beta, cudaStream_t stream) {
+  void* scratch = nullptr;
+  if (cudaMalloc(&scratch, d_bytes) != cudaSuccess) {
+    cudaGetLastError();  // clear the error: fall back to the heuristic's first answer
+    return 0;
+  }
+  cudaEvent_t t0, t1;
+  BRAID_CHECK_CUDA(cudaEventCreate(&t0));
+  BRAID_CHECK_CUDA(cudaEventCreate(&t1));
+  const float alpha = 1.f;
+  int best = 0;
+  float best_ms = 0.f;
+  for (int i = 0; i < count; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    auto run = [&] {
+      return cublasLtMatmul(h.lt, desc.op, &alpha, A, desc.a, B, desc.b, &beta, scratch, desc.d, scratch, desc.d,
+                            &results[i].algo, h.workspace, lt_workspace_bytes(h), stream);
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that does not run is skipped
+    BRAID_CHECK_CUDA(cudaEventRecord(t0, stream));
+    for (int r = 0; r < 3; ++r) BRAID_CHECK_CUBLAS(run());
+    BRAID_CHECK_CUDA(cudaEventRecord(t1, stream));
+    BRAID_CHECK_CUDA(cudaEventSynchronize(t1));
+    float ms = 0.f;
+    BRAID_CHECK_CUDA(cudaEventElapsedTime(&ms, t0, t1));
+    if (i == 0 || ms < best_ms || best_ms == 0.f) best = i, best_ms = ms;
+  }
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  BRAID_CHECK_CUDA(cudaStreamSynchronize(stream));  // the scratch is no longer in use
+  cudaFree(scratch);
+  return best;
+}
 
 __global__ void bias_to_bf16_kernel(bf16* out, const float* bias, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -144,12 +182,16 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
           desc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
       BRAID_CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
           desc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
-      cublasLtMatmulHeuristicResult_t result{};
+      constexpr int kCandidates = 8;
+      cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
       int count = 0;
+      const bool tune = g_autotune.load();
       const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-          h.lt, desc.op, desc.a, desc.b, desc.d, desc.d, desc.pref, 1, &result, &count);
+          h.lt, desc.op, desc.a, desc.b, desc.d, desc.d, desc.pref, tune ? kCandidates : 1, results, &count);
       if (st == CUBLAS_STATUS_SUCCESS && count > 0) {
-        found = {true, result.algo};
+        const size_t d_bytes = size_t(s.ldd) * size_t(s.n) * (s.d_type == CUDA_R_32F ? 4 : 2);
+        const int pick = tune && count > 1 ? fastest_algo(h, desc, results, count, A, B, d_bytes, beta, stream) : 0;
+        found = {true, results[pick].algo};
       } else if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT || st == CUBLAS_STATUS_NOT_SUPPORTED ||
                  st == CUBLAS_STATUS_SUCCESS) {
         // An epilogue (or type) combination this cuBLASLt does not offer: cuBLASLt answers
@@ -191,6 +233,7 @@ __global__ void bias_gelu_kernel(bf16* out, bf16* pre_gelu, const float* bias, i
 }  // namespace
 
 EpiloguePath matmul_last_epilogue_path() { return EpiloguePath(g_last_path.load()); }
+void set_gemm_autotune(bool on) { g_autotune.store(on); }
 
 void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,

@@ -94,6 +94,8 @@ case_memory_option_values() {  # the memory and fault options of session 3, refu
     --loss-chunk-mib -1
   expect_error $CASE 2 "--checkpoint-timeout must be >= 0 seconds (0 = off), got -5" --data "$DATA" --out "$WORK/o" $M \
     --checkpoint-timeout -5
+  expect_error $CASE 2 "--gemm-autotune tunes CUDA GEMMs but --device is cpu" --data "$DATA" --out "$WORK/o" $M \
+    --gemm-autotune
 }
 case_unknown_flag() { expect_error $CASE 2 "unrecognised option '--bogus'" --data "$DATA" --out "$WORK/o" $M --bogus 1; }
 case_unknown_config_key() {
