@@ -563,6 +563,42 @@ TEST_F(CudaOps, MatmulOnRowOffsetViews) {
   expect_close_each("matmul dw, row-1 views", dw.download(), ref_dw, tol);
 }
 
+// --gemm-autotune: the timing runs go to a scratch output, so the first (tuning) call of a
+// shape still computes its result once: a beta = 1 weight gradient is not accumulated
+// four more times, and a forward's output is the product. Shapes not used elsewhere here,
+// so that they are tuned in this test.
+TEST_F(CudaOps, GemmAutotuneLeavesResultsAlone) {
+  const int64_t N = 129;
+  const int IC = 96, OC = 160;
+  std::mt19937 rng(13);
+  const VecF inp = random_bf16(rng, N * IC), w = random_bf16(rng, size_t(OC) * IC, 0.f, 0.1f);
+  const VecF dout = random_bf16(rng, N * OC), p_dw = random_normal(rng, size_t(OC) * IC);
+  Bf16 d_inp(inp), d_w(w), d_dout(dout), out(N * OC);
+  F32 dw(p_dw);
+  cuda::set_gemm_autotune(true);
+  const cuda::GemmHandle gemm = ctx().gemm();
+  cuda::matmul_forward(gemm, out.get(), nullptr, d_inp.get(), d_w.get(), nullptr, N, IC, OC, false, stream);
+  cuda::matmul_backward(gemm, nullptr, dw.get(), nullptr, nullptr, d_dout.get(), d_inp.get(), d_w.get(), N, IC, OC,
+                        false, stream);
+  cuda::set_gemm_autotune(false);
+  VecD ref_out(N * OC, 0.0), ref_dw(p_dw.begin(), p_dw.end()), abs_dw(ref_dw.size(), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int o = 0; o < OC; ++o) {
+      const double g = dout[n * OC + o];
+      for (int i = 0; i < IC; ++i) {
+        ref_out[n * OC + o] += double(inp[n * IC + i]) * w[size_t(o) * IC + i];
+        ref_dw[size_t(o) * IC + i] += g * inp[n * IC + i];
+        abs_dw[size_t(o) * IC + i] += std::fabs(g * inp[n * IC + i]);
+      }
+    }
+  expect_emulated("autotuned matmul_forward", out.download(), ref_out, rb(ref_out), kUBf16);
+  // Higham's bound for N terms plus the prefill, any order (as MatmulForwardBackward); a
+  // second accumulation of the products would be off by sum |terms|, far outside it.
+  VecD tol(abs_dw.size());
+  for (size_t i = 0; i < tol.size(); ++i) tol[i] = gamma32(double(N) + 1) * (abs_dw[i] + std::fabs(double(p_dw[i])));
+  expect_close_each("autotuned matmul dw (accumulated once)", dw.download(), ref_dw, tol);
+}
+
 // ---- cross-entropy ---------------------------------------------------------------------
 
 TEST_F(CudaOps, VocabParallelCrossEntropy) {
