@@ -254,6 +254,14 @@ int main(int argc, char** argv) {
       report_bytes("xent local sumexp",
                    median_ms([&] { xent_local_sumexp(sum, logits, mx, N, V, 0, 50257, st); }, st),
                    lb);
+      {
+        float* mx2 = random_f32(N, 28);
+        float* sum2 = random_f32(N, 29);
+        report_bytes("xent local stats (max + sumexp, one pass)",
+                     median_ms([&] { xent_local_stats(mx2, sum2, logits, N, V, 0, 50257, st); }, st), lb);
+        device_free(mx2);
+        device_free(sum2);
+      }
       report_bytes("xent backward in place",
                    median_ms([&] { xent_backward(logits, logits, targets, mx, sum, N, V, 0, 50257,
                                                  1.f / N, st); }, st),

@@ -58,6 +58,58 @@ local_sumexp_kernel(float* row_sum, const bf16* logits, const float* row_max, in
   if (threadIdx.x == 0) row_sum[n] = s;
 }
 
+// Max and sum of exponentials in one pass (online softmax): each thread keeps (m, s) with s
+// the sum of exp(x - m) over its elements, taking a vector's 8 values at a time (one
+// rescale per vector, not per element); the block then takes M = max m and sums
+// s * exp(m - M) in a fixed order. Saves the max kernel's read of the logits.
+__global__ void __launch_bounds__(kThreads)
+local_stats_kernel(float* row_max, float* row_sum, const bf16* logits, int Vl, int R) {
+  __shared__ float shared[32];
+  const int64_t n = blockIdx.x;
+  const bf16* row = logits + n * Vl;
+  float m = -INFINITY, s = 0.f;
+  if ((Vl & 7) == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+    for (int v0 = threadIdx.x * 8; v0 < R; v0 += blockDim.x * 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(row + v0);
+      const bf16* x = reinterpret_cast<const bf16*>(&raw);
+      float vm = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (v0 + k < R) vm = fmaxf(vm, to_float(x[k]));
+      if (vm > m) {
+        s *= expf(m - vm);  // m = -inf: s is 0, and stays 0
+        m = vm;
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (v0 + k < R) s += expf(to_float(x[k]) - m);
+    }
+  } else {
+    for (int v = threadIdx.x; v < R; v += blockDim.x) {
+      const float x = to_float(row[v]);
+      if (x > m) {
+        s *= expf(m - x);
+        m = x;
+      }
+      s += expf(x - m);
+    }
+  }
+  const float M = block_max(m, shared);
+  s = m == -INFINITY ? 0.f : s * expf(m - M);
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) {
+    row_max[n] = M;
+    row_sum[n] = s;
+  }
+}
+
+// A shard's sum of exp(x - local max) onto the global max: sum *= exp(local - global).
+__global__ void rescale_sum_kernel(float* row_sum, const float* local_max, const float* global_max, int64_t N) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  row_sum[n] = local_max[n] == -INFINITY ? 0.f : row_sum[n] * expf(local_max[n] - global_max[n]);
+}
+
 __global__ void target_logit_kernel(float* target_logit, const bf16* logits,
                                     const int32_t* targets, int64_t N, int Vl,
                                     int64_t vocab_start) {
@@ -127,6 +179,21 @@ void xent_local_sumexp(float* row_sum, const bf16* logits, const float* row_max,
   if (N == 0) return;
   local_sumexp_kernel<<<unsigned(N), kThreads, 0, stream>>>(
       row_sum, logits, row_max, Vl, local_real(Vl, vocab_start, vocab_real));
+  BRAID_CHECK_LAUNCH();
+}
+
+void xent_local_stats(float* row_max, float* row_sum, const bf16* logits, int64_t N, int Vl,
+                      int64_t vocab_start, int64_t vocab_real, cudaStream_t stream) {
+  if (N == 0) return;
+  local_stats_kernel<<<unsigned(N), kThreads, 0, stream>>>(row_max, row_sum, logits, Vl,
+                                                           local_real(Vl, vocab_start, vocab_real));
+  BRAID_CHECK_LAUNCH();
+}
+
+void xent_rescale_sum(float* row_sum, const float* local_max, const float* global_max, int64_t N,
+                      cudaStream_t stream) {
+  if (N == 0) return;
+  rescale_sum_kernel<<<unsigned(ceil_div(N, 256)), 256, 0, stream>>>(row_sum, local_max, global_max, N);
   BRAID_CHECK_LAUNCH();
 }
 

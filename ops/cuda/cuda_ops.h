@@ -153,6 +153,13 @@ void xent_local_max(float* row_max, const bf16* logits, int64_t N, int Vl, int64
                     int64_t vocab_real, cudaStream_t stream);
 void xent_local_sumexp(float* row_sum, const bf16* logits, const float* row_max, int64_t N,
                        int Vl, int64_t vocab_start, int64_t vocab_real, cudaStream_t stream);
+// Both in one pass (online softmax): row_max = the shard's max, row_sum = its sum of
+// exp(x - row_max). Over TP shards: all-reduce a copy of row_max (Max), then
+// xent_rescale_sum(row_sum, local max, global max) and all-reduce row_sum (Sum).
+void xent_local_stats(float* row_max, float* row_sum, const bf16* logits, int64_t N, int Vl,
+                      int64_t vocab_start, int64_t vocab_real, cudaStream_t stream);
+void xent_rescale_sum(float* row_sum, const float* local_max, const float* global_max, int64_t N,
+                      cudaStream_t stream);
 void xent_target_logit(float* target_logit, const bf16* logits, const int32_t* targets,
                        int64_t N, int Vl, int64_t vocab_start, cudaStream_t stream);
 void xent_losses(float* losses, const float* row_max, const float* row_sum,

@@ -633,6 +633,9 @@ TEST_F(CudaOps, VocabParallelCrossEntropy) {
       cpu::xent_target_logit(cpu_tl.data(), logits[s].data(), targets.data(), N, cs.Vl, start);
       expect_bitwise("xent_local_max (exact)", mx.download(), cpu_mx);
       expect_bitwise("xent_target_logit (exact)", tl.download(), cpu_tl);
+      F32 fused_max(N), fused_sum(N);  // the one-pass form: its max is the same exact max
+      cuda::xent_local_stats(fused_max.get(), fused_sum.get(), d_l.get(), N, cs.Vl, start, cs.vocab_real, stream);
+      expect_bitwise("xent_local_stats max (exact)", fused_max.download(), cpu_mx);
       for (int64_t n = 0; n < N; ++n) gmax[n] = std::max(gmax[n], cpu_mx[n]), gtarget[n] += cpu_tl[n];
     }
     F32 d_gmax(gmax);
@@ -652,6 +655,12 @@ TEST_F(CudaOps, VocabParallelCrossEntropy) {
         for (int v = 0; v < cs.Vl && start + v < cs.vocab_real; ++v)
           ref_s[n] += std::exp(double(logits[s][n * cs.Vl + v]) - gmax[n]);
       expect_emulated("xent_local_sumexp", sum.download(), ref_s, cpu_s, kUF32);
+      // The one-pass form, its sum rescaled from the shard's max to the global one, as the
+      // CUDA backend assembles it over TP shards (the emulation rule of the two-pass form).
+      F32 fused_max(N), fused_sum(N);
+      cuda::xent_local_stats(fused_max.get(), fused_sum.get(), d_l.get(), N, cs.Vl, start, cs.vocab_real, stream);
+      cuda::xent_rescale_sum(fused_sum.get(), fused_max.get(), d_gmax.get(), N, stream);
+      expect_emulated("xent_local_stats sum, rescaled", fused_sum.download(), ref_s, cpu_s, kUF32);
       const VecF got = sum.download();
       for (int64_t n = 0; n < N; ++n) gsum[n] += got[n], ref_sum[n] += ref_s[n], cpu_sum[n] += cpu_s[n];
     }
