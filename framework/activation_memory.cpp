@@ -162,13 +162,12 @@ void DryRun::layer_backward(LayerActs& a, Buf& dx) {
   Buf dres2 = dx;
   Buf dpartial;
   grad_to_partial(dx, dpartial);
-  Buf dgelu = act(N_ * 4 * Cl_);
+  Buf dfch = act(N_ * 4 * Cl_);  // Backend::matmul_backward_gelu writes it (no d(GELU out))
   {
     Buf gelu_out = std::move(a.fch_gelu);
     a.fch_gelu.reset();
     if (!gelu_out) gelu_out = act(N_ * 4 * Cl_);  // recomputed
   }
-  Buf dfch = act(N_ * 4 * Cl_);
   Buf dln2_full = act(N_ * C_), dln2;
   grad_from_full_seq(dln2_full, dln2);
   Buf dinp = dres2;

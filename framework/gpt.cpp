@@ -217,7 +217,7 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   be_.bias_backward(dx, lp.fcprojb, Ns, C);
   Tensor dpartial;
   grad_to_partial(dx, dpartial);
-  Tensor dgelu = be_.activation({B_, T, 4 * Cl});
+  Tensor dfch = be_.activation({B_, T, 4 * Cl});  // d(fc out), through GELU
   {
     Tensor gelu_out = std::move(a.fch_gelu);
     a.fch_gelu = Tensor{};
@@ -225,11 +225,9 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
       gelu_out = be_.activation({B_, T, 4 * Cl});
       be_.gelu_forward(gelu_out, a.fch);
     }
-    be_.matmul_backward(&dgelu, dpartial, gelu_out, lp.fcprojw, -1, N, 4 * Cl, C);
+    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, N, 4 * Cl, C);
   }
   done({lp.fcprojb, lp.fcprojw});
-  Tensor dfch = be_.activation({B_, T, 4 * Cl});
-  be_.gelu_backward(dfch, a.fch, dgelu);
   Tensor dln2_full = be_.activation({B_, T, C}), dln2;
   column_parallel_backward(dfch, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl, dln2_full, dln2);
   done({lp.fcw, lp.fcb});

@@ -132,6 +132,16 @@ void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias
 enum class EpiloguePath { None, Fused, FusedBf16Bias, SecondPass };
 EpiloguePath matmul_last_epilogue_path();
 
+// The backward of out = GELU(pre) @ w^T (the MLP's second linear layer, `inp` = GELU(pre)):
+// dpre[N,IC] = bf16((dout @ w) * GELU'(pre)) with the GELU derivative applied to the fp32
+// GEMM result in cuBLASLt's epilogue (CUBLASLT_EPILOGUE_DGELU, `pre` as its input) where
+// offered (EpiloguePath::Fused), else a plain GEMM and gelu_backward in place
+// (SecondPass, bf16(bf16(dout @ w) * GELU'(pre)), the unfused ops); dw += dout^T @ inp.
+void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, const bf16* dout,
+                           const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
+                           int OC, cudaStream_t stream);
+EpiloguePath matmul_last_dgelu_path();
+
 // GEMM algorithm choice for configurations not yet cached (process-wide). Off (default):
 // cuBLASLt's first heuristic answer, so a configuration runs the same kernel in every run.
 // On: the first call of a configuration times up to 8 heuristic candidates (1 warm-up + 3

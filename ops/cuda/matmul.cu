@@ -75,6 +75,7 @@ AlgoCache& algo_cache() {
 
 std::atomic<int> g_last_path{int(EpiloguePath::None)};
 std::atomic<bool> g_autotune{false};
+std::atomic<int> g_last_dgelu_path{int(EpiloguePath::None)};
 
 // Times each candidate on `stream` (1 warm-up + 3 runs; D replaced by a scratch buffer, so
 // beta = 1 GEMMs do not accumulate into the real output) and returns the fastest's index.
@@ -315,5 +316,28 @@ void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias
   }
   if (dbias) bias_backward(dbias, scratch, dout, N, OC, stream);
 }
+
+void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, const bf16* dout,
+                           const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
+                           int OC, cudaStream_t stream) {
+  if (N == 0) return;
+  BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
+              "matmul_backward_dgelu: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
+  GemmSpec s;  // dpre^T [IC x N] = w (IC x OC, op N) . dout^T (OC x N), as matmul_backward's dinp
+  s.m = IC, s.n = N, s.k = OC;
+  s.lda = IC, s.ldb = OC, s.ldd = IC;
+  s.epilogue = CUBLASLT_EPILOGUE_DGELU;
+  s.aux_ld = IC;  // pre [N, IC] row-major = IC x N column-major, as the forward's GELU_AUX wrote it
+  if (run_gemm(gemm, s, w, dout, dpre, 0.f, nullptr, const_cast<bf16*>(pre), stream)) {
+    g_last_dgelu_path = int(EpiloguePath::Fused);
+  } else {
+    matmul_backward(gemm, dpre, nullptr, nullptr, nullptr, dout, nullptr, w, N, IC, OC, false, stream);
+    gelu_backward(dpre, pre, dpre, N * int64_t(IC), false, stream);
+    g_last_dgelu_path = int(EpiloguePath::SecondPass);
+  }
+  if (dw) matmul_backward(gemm, nullptr, dw, nullptr, nullptr, dout, inp, w, N, IC, OC, false, stream);
+}
+
+EpiloguePath matmul_last_dgelu_path() { return EpiloguePath(g_last_dgelu_path.load()); }
 
 }  // namespace braid::cuda

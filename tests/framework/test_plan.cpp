@@ -273,7 +273,7 @@ TrainConfig gpt2_124m_b16_cuda() {
 // GPT-2 124M, B16 x T1024 on one GPU: unchunked, the bf16 logits [16384, 50304] (1.57 GiB)
 // are alive at the end of the forward, on top of every layer's activations, and that is
 // the step's peak. Chunked, the forward holds one chunk's logits and d(lnf) [16384, 768]
-// instead, and the peak moves elsewhere (it no longer depends on the chunk size).
+// instead, and the peak drops by at least the whole logits less one chunk.
 TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
   TrainConfig c = gpt2_124m_b16_cuda();
   auto plan = [&](double mib) {
@@ -290,7 +290,10 @@ TEST(MemoryPlan, ChunkedLossDropsTheLogitsFromThePeak) {
   // that much when the peak moved elsewhere.
   const int64_t head_saving = N * V * 2 + 5 * N * 4 - (2560 * V * 2 + 3 * 2560 * 4 + 2 * N * 4 + N * C * 2);
   EXPECT_GE(whole.activation_bytes - c256.activation_bytes, head_saving);
-  EXPECT_EQ(c64.activation_bytes, c256.activation_bytes) << "the head is still the training peak";
+  // The peak may sit at the end of the forward, in the head, where it grows with the chunk
+  // by at most the larger chunk's logits and row vectors (and not at all when it is elsewhere).
+  EXPECT_GE(c256.activation_bytes, c64.activation_bytes);
+  EXPECT_LE(c256.activation_bytes - c64.activation_bytes, (2560 - 640) * (V * 2 + 3 * 4));
   EXPECT_GT(whole.activation_bytes - c256.activation_bytes, int64_t(1500) << 20);  // what the option is for
   // Evaluation has no backward and keeps no layer's activations: with large chunks its peak
   // is the head's, one chunk's logits and row vectors.

@@ -563,6 +563,44 @@ TEST_F(CudaOps, MatmulOnRowOffsetViews) {
   expect_close_each("matmul dw, row-1 views", dw.download(), ref_dw, tol);
 }
 
+// The MLP's second linear layer backward with the GELU derivative in the epilogue:
+// dpre = (dout @ w) * GELU'(pre) against fp64, under the emulation rule of the unfused ops
+// (GEMM rounded to bf16, then gelu_backward rounded again); dw as matmul_backward's.
+TEST_F(CudaOps, MatmulBackwardWithGeluDerivative) {
+  const int64_t N = 200;
+  const int IC = 256, OC = 64;  // IC = 4 C of the fc layer, OC = C
+  std::mt19937 rng(17);
+  const VecF pre = random_bf16(rng, N * IC, 0.f, 1.5f), w = random_bf16(rng, size_t(OC) * IC, 0.f, 0.1f);
+  const VecF dout = random_bf16(rng, N * OC);
+  VecF inp(pre.size());  // GELU(pre) as the forward stored it (bf16)
+  for (size_t i = 0; i < pre.size(); ++i) inp[i] = float(rb(gelu64(pre[i])));
+  Bf16 d_pre(pre), d_inp(inp), d_w(w), d_dout(dout), dpre(N * IC);
+  F32 dw(VecF(size_t(OC) * IC, 0.f));
+  cuda::matmul_backward_dgelu(ctx().gemm(), dpre.get(), dw.get(), d_dout.get(), d_inp.get(), d_w.get(), d_pre.get(),
+                              N, IC, OC, stream);
+  std::printf("[     info ] matmul dgelu epilogue: %s\n",
+              cuda::matmul_last_dgelu_path() == cuda::EpiloguePath::Fused ? "fused" : "second pass");
+  VecD ref(N * IC, 0.0), em(N * IC), ref_dw(size_t(OC) * IC, 0.0), abs_dw(ref_dw.size(), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int i = 0; i < IC; ++i) {
+      double acc = 0;
+      for (int o = 0; o < OC; ++o) acc += double(dout[n * OC + o]) * w[size_t(o) * IC + i];
+      const double gg = gelu_grad64(pre[n * IC + i]);
+      ref[n * IC + i] = acc * gg;
+      em[n * IC + i] = rb(rb(acc) * gg);
+    }
+  for (int64_t n = 0; n < N; ++n)
+    for (int o = 0; o < OC; ++o)
+      for (int i = 0; i < IC; ++i) {
+        ref_dw[size_t(o) * IC + i] += double(dout[n * OC + o]) * inp[n * IC + i];
+        abs_dw[size_t(o) * IC + i] += std::fabs(double(dout[n * OC + o]) * inp[n * IC + i]);
+      }
+  expect_emulated("matmul dpre through GELU'", dpre.download(), ref, em, kUBf16);
+  VecD tol(abs_dw.size());
+  for (size_t i = 0; i < tol.size(); ++i) tol[i] = gamma32(double(N) + 1) * abs_dw[i];  // any order
+  expect_close_each("matmul dw (GELU layer)", dw.download(), ref_dw, tol);
+}
+
 // --gemm-autotune: the timing runs go to a scratch output, so the first (tuning) call of a
 // shape still computes its result once: a beta = 1 weight gradient is not accumulated
 // four more times, and a forward's output is the product. Shapes not used elsewhere here,
