@@ -57,8 +57,8 @@ __global__ void __launch_bounds__(256)
 bias_partials_vec_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
   __shared__ float s[8][257];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int c0 = blockIdx.x * 256 + 8 * tx;
-  const int64_t chunk = blockIdx.y;
+  const int c0 = blockIdx.y * 256 + 8 * tx;  // chunks on x (up to 2^31 - 1), tiles on y
+  const int64_t chunk = blockIdx.x;
   const int64_t first = chunk * kVecChunkRows;
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   if (c0 < OC) {
@@ -84,7 +84,7 @@ bias_partials_vec_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
   for (int k = 0; k < 8; ++k) s[ty][8 * tx + k] = acc[k];
   __syncthreads();
   const int t = ty * 32 + tx;  // 256 threads, one column of the tile each
-  const int c = blockIdx.x * 256 + t;
+  const int c = blockIdx.y * 256 + t;
   if (c < OC) {
     float total = 0.f;
 #pragma unroll
@@ -110,11 +110,11 @@ void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int
   BRAID_CHECK(scratch != nullptr, "bias_backward needs scratch (bias_backward_scratch_bytes)");
   float* partial = static_cast<float*>(scratch);
   const int64_t rows = partial_rows(dout, N, OC);
-  BRAID_CHECK(rows <= 65535, "bias_backward: " << N << " rows is more than supported");
   if (vec_path(dout, OC)) {
-    const dim3 grid(unsigned(ceil_div(OC, 256)), unsigned(rows));
+    const dim3 grid(unsigned(rows), unsigned(ceil_div(OC, 256)));
     bias_partials_vec_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
   } else {
+    BRAID_CHECK(rows <= 65535, "bias_backward: " << N << " rows is more than supported");
     const dim3 grid(unsigned(ceil_div(OC, 64)), unsigned(rows));
     bias_partials_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
   }

@@ -149,6 +149,7 @@ EpiloguePath matmul_last_dgelu_path();
 // and keeps the fastest; the choice may then differ between runs (results within the
 // same rounding bounds, not bitwise equal).
 void set_gemm_autotune(bool on);
+int gemm_autotuned_shapes();  // configurations whose candidates were timed so far
 
 // dbias[OC] += sum_n dout[n, :], deterministic (per-block partials, fixed-order sum).
 size_t bias_backward_scratch_bytes(int64_t N, int OC);

@@ -17,6 +17,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/device_memory.h"
 
 namespace braid::cuda {
 namespace {
@@ -79,16 +80,30 @@ std::atomic<int> g_last_dgelu_path{int(EpiloguePath::None)};
 
 // Times each candidate on `stream` (1 warm-up + 3 runs; D replaced by a scratch buffer, so
 // beta = 1 GEMMs do not accumulate into the real output) and returns the fastest's index.
+std::atomic<int> g_tuned_shapes{0};
 int fastest_algo(const GemmHandle& h, const Descriptors& desc, const cublasLtMatmulHeuristicResult_t* results,
                  int count, const void* A, const void* B, size_t d_bytes, float beta, cudaStream_t stream) {
+  // The scratch comes from the caching allocator (stream-ordered reuse on this stream, no
+  // device-wide synchronisation of cudaFree while other streams run collectives).
   void* scratch = nullptr;
-  if (cudaMalloc(&scratch, d_bytes) != cudaSuccess) {
-    cudaGetLastError();  // clear the error: fall back to the heuristic's first answer
-    return 0;
+  try {
+    scratch = device_alloc(d_bytes);
+  } catch (const std::exception&) {
+    return 0;  // no room to time: the heuristic's first answer
   }
-  cudaEvent_t t0, t1;
-  BRAID_CHECK_CUDA(cudaEventCreate(&t0));
-  BRAID_CHECK_CUDA(cudaEventCreate(&t1));
+  struct Guard {  // events and scratch released on every path, the throwing ones included
+    cudaEvent_t t0 = nullptr, t1 = nullptr;
+    void* scratch;
+    ~Guard() {
+      if (t0) cudaEventDestroy(t0);
+      if (t1) cudaEventDestroy(t1);
+      device_free(scratch);
+    }
+  } guard{nullptr, nullptr, scratch};
+  BRAID_CHECK_CUDA(cudaEventCreate(&guard.t0));
+  BRAID_CHECK_CUDA(cudaEventCreate(&guard.t1));
+  cudaEvent_t t0 = guard.t0, t1 = guard.t1;
+  ++g_tuned_shapes;
   const float alpha = 1.f;
   int best = -1;
   float best_ms = 0.f;
@@ -107,11 +122,7 @@ int fastest_algo(const GemmHandle& h, const Descriptors& desc, const cublasLtMat
     BRAID_CHECK_CUDA(cudaEventElapsedTime(&ms, t0, t1));
     if (best < 0 || ms < best_ms) best = i, best_ms = ms;
   }
-  cudaEventDestroy(t0);
-  cudaEventDestroy(t1);
-  BRAID_CHECK_CUDA(cudaStreamSynchronize(stream));  // the scratch is no longer in use
-  cudaFree(scratch);
-  return best < 0 ? 0 : best;  // none ran: the heuristic's first (its failure is then reported)
+  return best < 0 ? 0 : best;  // the scratch goes back to the allocator, reused in stream order  // none ran: the heuristic's first (its failure is then reported)
 }
 
 __global__ void bias_to_bf16_kernel(bf16* out, const float* bias, int n) {
@@ -235,6 +246,7 @@ __global__ void bias_gelu_kernel(bf16* out, bf16* pre_gelu, const float* bias, i
 
 EpiloguePath matmul_last_epilogue_path() { return EpiloguePath(g_last_path.load()); }
 void set_gemm_autotune(bool on) { g_autotune.store(on); }
+int gemm_autotuned_shapes() { return g_tuned_shapes.load(); }
 
 void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,

@@ -356,9 +356,11 @@ LnRef layernorm64(const VecD& x, const VecF& w, const VecF& b, int64_t N, int C)
 
 TEST_F(CudaOps, ResidualLayerNormForwardBackward) {
   // Register rows (layernorm.cu) with whole (768: 3 vectors per lane) and partial (1600:
-  // 6.25 vectors per lane, 8 reserved) warp passes, the 16-byte loop kernels (2304: more
-  // than register rows take), and single elements (100).
-  for (auto [N, C] : {std::pair<int64_t, int>{600, 768}, {40, 1600}, {21, 2304}, {37, 100}}) {
+  // 6.25 vectors per lane, 8 reserved) warp passes and every other instantiation (256,
+  // 512, 1024, 1280: 1, 2, 4, 6 vectors), the 16-byte loop kernels (2304: more than
+  // register rows take), and single elements (100).
+  for (auto [N, C] : {std::pair<int64_t, int>{600, 768}, {40, 1600}, {9, 256}, {9, 512}, {9, 1024}, {9, 1280},
+                      {21, 2304}, {37, 100}}) {
     SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C));
     std::mt19937 rng(4 + C);
     const VecF a = random_bf16(rng, N * C, 3.f, 1.f), b = random_bf16(rng, N * C, 0.f, 2.f);
@@ -606,19 +608,27 @@ TEST_F(CudaOps, MatmulBackwardWithGeluDerivative) {
 // four more times, and a forward's output is the product. Shapes not used elsewhere here,
 // so that they are tuned in this test.
 TEST_F(CudaOps, GemmAutotuneLeavesResultsAlone) {
-  const int64_t N = 129;
+  const int64_t N = 264;
   const int IC = 96, OC = 160;
   std::mt19937 rng(13);
   const VecF inp = random_bf16(rng, N * IC), w = random_bf16(rng, size_t(OC) * IC, 0.f, 0.1f);
   const VecF dout = random_bf16(rng, N * OC), p_dw = random_normal(rng, size_t(OC) * IC);
   Bf16 d_inp(inp), d_w(w), d_dout(dout), out(N * OC);
   F32 dw(p_dw);
-  cuda::set_gemm_autotune(true);
-  const cuda::GemmHandle gemm = ctx().gemm();
-  cuda::matmul_forward(gemm, out.get(), nullptr, d_inp.get(), d_w.get(), nullptr, N, IC, OC, false, stream);
-  cuda::matmul_backward(gemm, nullptr, dw.get(), nullptr, nullptr, d_dout.get(), d_inp.get(), d_w.get(), N, IC, OC,
-                        false, stream);
-  cuda::set_gemm_autotune(false);
+  struct Tuning {  // off again however the test ends
+    Tuning() { cuda::set_gemm_autotune(true); }
+    ~Tuning() { cuda::set_gemm_autotune(false); }
+  };
+  const int tuned_before = cuda::gemm_autotuned_shapes();
+  {
+    Tuning on;
+    const cuda::GemmHandle gemm = ctx().gemm();
+    cuda::matmul_forward(gemm, out.get(), nullptr, d_inp.get(), d_w.get(), nullptr, N, IC, OC, false, stream);
+    cuda::matmul_backward(gemm, nullptr, dw.get(), nullptr, nullptr, d_dout.get(), d_inp.get(), d_w.get(), N, IC,
+                          OC, false, stream);
+  }
+  // Both shapes had candidates timed (else this test would check nothing).
+  EXPECT_EQ(cuda::gemm_autotuned_shapes() - tuned_before, 2) << "cuBLASLt offered a single algorithm";
   VecD ref_out(N * OC, 0.0), ref_dw(p_dw.begin(), p_dw.end()), abs_dw(ref_dw.size(), 0.0);
   for (int64_t n = 0; n < N; ++n)
     for (int o = 0; o < OC; ++o) {
@@ -640,14 +650,15 @@ TEST_F(CudaOps, GemmAutotuneLeavesResultsAlone) {
 // ---- cross-entropy ---------------------------------------------------------------------
 
 TEST_F(CudaOps, VocabParallelCrossEntropy) {
-  // Two shards of a padded vocabulary (Vl a multiple of 8: vector loads), then one unsharded
-  // odd-width vocabulary (scalar path).
+  // Two shards of a padded vocabulary (Vl a multiple of 8: vector loads); three, the last
+  // all padding (its max -inf, its sum 0, rescaled to 0); then one unsharded odd-width
+  // vocabulary (scalar path).
   struct Case {
     int shards, Vl;
     int64_t vocab_real;
   };
-  for (const Case cs : {Case{2, 504, 1000}, Case{1, 999, 999}}) {
-    SCOPED_TRACE("Vl=" + std::to_string(cs.Vl));
+  for (const Case cs : {Case{2, 504, 1000}, Case{3, 504, 1000}, Case{1, 999, 999}}) {
+    SCOPED_TRACE("shards=" + std::to_string(cs.shards) + " Vl=" + std::to_string(cs.Vl));
     const int64_t N = 70;
     std::mt19937 rng(6 + cs.Vl);
     std::uniform_int_distribution<int32_t> pick(0, int32_t(cs.vocab_real) - 1);
