@@ -64,12 +64,15 @@ class Backend {
     layernorm_forward(ln, mean, rstd, residual, w, bias);
   }
   // The backward of out = GELU(pre) @ W^T with inp = GELU(pre): dpre (overwritten) =
-  // (dout @ W) * GELU'(pre); dW += dout^T inp (the GELU derivative in the GEMM epilogue on
-  // the GPU). dpre doubles as the GEMM's output here, so no separate d(GELU out) exists.
+  // (dout @ W) * GELU'(pre); dW += dout^T inp; when pre_bias >= 0 (the bias of the layer
+  // that produced pre), its gradient += sum_n dpre. On the GPU the GELU derivative and that
+  // bias gradient are in the GEMM's epilogue. dpre doubles as the GEMM's output, so no
+  // separate d(GELU out) exists.
   virtual void matmul_backward_gelu(Tensor& dpre, const Tensor& dout, const Tensor& inp, const Tensor& pre, int w,
-                                    int64_t N, int IC, int OC) {
+                                    int pre_bias, int64_t N, int IC, int OC) {
     matmul_backward(&dpre, dout, inp, w, -1, N, IC, OC);
     gelu_backward(dpre, pre, dpre);  // elementwise, in place
+    if (pre_bias >= 0) bias_backward(dpre, pre_bias, N, IC);
   }
   // pre = inp @ W^T + bias; out = GELU(pre) (GELU in the GEMM epilogue on the GPU).
   virtual void matmul_gelu_forward(Tensor& pre, Tensor& out, const Tensor& inp, int w, int bias,

@@ -225,11 +225,12 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
       gelu_out = be_.activation({B_, T, 4 * Cl});
       be_.gelu_forward(gelu_out, a.fch);
     }
-    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, N, 4 * Cl, C);
+    // fc's bias gradient (sum of dfch) comes with it: in the GEMM's epilogue on the GPU.
+    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, lp.fcb, N, 4 * Cl, C);
   }
   done({lp.fcprojb, lp.fcprojw});
   Tensor dln2_full = be_.activation({B_, T, C}), dln2;
-  column_parallel_backward(dfch, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl, dln2_full, dln2);
+  column_parallel_backward(dfch, a.ln2_full, lp.fcw, -1, N, C, 4 * Cl, dln2_full, dln2);
   done({lp.fcw, lp.fcb});
   be_.layernorm_backward_accumulate(dres2, dln2, a.res2, lp.ln2w, lp.ln2b, a.ln2_mean, a.ln2_rstd);
   done({lp.ln2w, lp.ln2b});

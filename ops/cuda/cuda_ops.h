@@ -137,10 +137,15 @@ EpiloguePath matmul_last_epilogue_path();
 // GEMM result in cuBLASLt's epilogue (CUBLASLT_EPILOGUE_DGELU, `pre` as its input) where
 // offered (EpiloguePath::Fused), else a plain GEMM and gelu_backward in place
 // (SecondPass, bf16(bf16(dout @ w) * GELU'(pre)), the unfused ops); dw += dout^T @ inp.
-void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, const bf16* dout,
-                           const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
+// dbias_pre (may be null: the bias of the layer that produced pre) += sum_n dpre, in the
+// same epilogue where offered with an fp32 bias gradient (DGELU_BGRAD into `scratch`, then
+// added), else by bias_backward over dpre; scratch sized by matmul_backward_dgelu_scratch_bytes.
+size_t matmul_backward_dgelu_scratch_bytes(int64_t N, int IC);
+void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float* dbias_pre, void* scratch,
+                           const bf16* dout, const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
                            int OC, cudaStream_t stream);
 EpiloguePath matmul_last_dgelu_path();
+bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogue
 
 // GEMM algorithm choice for configurations not yet cached (process-wide). Off (default):
 // cuBLASLt's first heuristic answer, so a configuration runs the same kernel in every run.

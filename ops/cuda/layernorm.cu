@@ -27,7 +27,7 @@ __device__ __forceinline__ int acc_slot(int c, int C) {
 // any is used, so a warp has 2 * CH loads in flight per row instead of two (the loop
 // kernels below wait for memory once per vector: latency bound, 32-63% of the copy
 // bandwidth measured at the 124M and 1.5B shapes). The arithmetic, and its order, is the
-// loop kernels': the results are the same bits.
+// loop kernels' (the same bits unless the compiler contracts a multiply-add differently).
 __device__ __forceinline__ uint4 load16(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
 __device__ __forceinline__ void unpack8(float (&v)[8], const uint4& raw) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);

@@ -10,6 +10,7 @@
 // The algorithm for a configuration (shape, types, epilogue, pointer alignments) is chosen
 // once by cuBLASLt's heuristic (told the operands' actual alignment) and cached, so every call of a shape runs the same kernel:
 // results are reproducible run to run.
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -77,6 +78,12 @@ AlgoCache& algo_cache() {
 std::atomic<int> g_last_path{int(EpiloguePath::None)};
 std::atomic<bool> g_autotune{false};
 std::atomic<int> g_last_dgelu_path{int(EpiloguePath::None)};
+std::atomic<bool> g_last_dgelu_bias{false};
+
+__global__ void add_vector_kernel(float* dst, const float* src, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] += src[i];
+}
 
 // Times each candidate on `stream` (1 warm-up + 3 runs; D replaced by a scratch buffer, so
 // beta = 1 GEMMs do not accumulate into the real output) and returns the fastest's index.
@@ -329,27 +336,49 @@ void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias
   if (dbias) bias_backward(dbias, scratch, dout, N, OC, stream);
 }
 
-void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, const bf16* dout,
-                           const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
+size_t matmul_backward_dgelu_scratch_bytes(int64_t N, int IC) {
+  return std::max(bias_backward_scratch_bytes(N, IC), size_t(IC) * sizeof(float));
+}
+
+void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float* dbias_pre, void* scratch,
+                           const bf16* dout, const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
                            int OC, cudaStream_t stream) {
   if (N == 0) return;
   BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
               "matmul_backward_dgelu: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
+  BRAID_CHECK(dbias_pre == nullptr || scratch != nullptr,
+              "matmul_backward_dgelu: a bias gradient needs scratch (matmul_backward_dgelu_scratch_bytes)");
   GemmSpec s;  // dpre^T [IC x N] = w (IC x OC, op N) . dout^T (OC x N), as matmul_backward's dinp
   s.m = IC, s.n = N, s.k = OC;
   s.lda = IC, s.ldb = OC, s.ldd = IC;
-  s.epilogue = CUBLASLT_EPILOGUE_DGELU;
   s.aux_ld = IC;  // pre [N, IC] row-major = IC x N column-major, as the forward's GELU_AUX wrote it
-  if (run_gemm(gemm, s, w, dout, dpre, 0.f, nullptr, const_cast<bf16*>(pre), stream)) {
-    g_last_dgelu_path = int(EpiloguePath::Fused);
-  } else {
+  bf16* aux = const_cast<bf16*>(pre);
+  bool bias_done = false;
+  bool fused = false;
+  if (dbias_pre) {  // 1. GELU' and the bias gradient (fp32, summed over the N columns of D)
+    s.epilogue = CUBLASLT_EPILOGUE_DGELU_BGRAD;
+    float* db = static_cast<float*>(scratch);
+    if (run_gemm(gemm, s, w, dout, dpre, 0.f, db, aux, stream)) {
+      add_vector_kernel<<<unsigned(ceil_div(IC, 256)), 256, 0, stream>>>(dbias_pre, db, IC);
+      BRAID_CHECK_LAUNCH();
+      fused = bias_done = true;
+    }
+  }
+  if (!fused) {  // 2. GELU' only
+    s.epilogue = CUBLASLT_EPILOGUE_DGELU;
+    fused = run_gemm(gemm, s, w, dout, dpre, 0.f, nullptr, aux, stream);
+  }
+  if (!fused) {  // 3. the unfused ops
     matmul_backward(gemm, dpre, nullptr, nullptr, nullptr, dout, nullptr, w, N, IC, OC, false, stream);
     gelu_backward(dpre, pre, dpre, N * int64_t(IC), false, stream);
-    g_last_dgelu_path = int(EpiloguePath::SecondPass);
   }
+  g_last_dgelu_path = int(fused ? EpiloguePath::Fused : EpiloguePath::SecondPass);
+  g_last_dgelu_bias = bias_done;
+  if (dbias_pre && !bias_done) bias_backward(dbias_pre, scratch, dpre, N, IC, stream);
   if (dw) matmul_backward(gemm, nullptr, dw, nullptr, nullptr, dout, inp, w, N, IC, OC, false, stream);
 }
 
 EpiloguePath matmul_last_dgelu_path() { return EpiloguePath(g_last_dgelu_path.load()); }
+bool matmul_last_dgelu_fused_bias() { return g_last_dgelu_bias.load(); }
 
 }  // namespace braid::cuda

@@ -567,7 +567,8 @@ TEST_F(CudaOps, MatmulOnRowOffsetViews) {
 
 // The MLP's second linear layer backward with the GELU derivative in the epilogue:
 // dpre = (dout @ w) * GELU'(pre) against fp64, under the emulation rule of the unfused ops
-// (GEMM rounded to bf16, then gelu_backward rounded again); dw as matmul_backward's.
+// (GEMM rounded to bf16, then gelu_backward rounded again); dw as matmul_backward's; the
+// producing layer's bias gradient (sum of dpre over rows, onto a prefill) under the same rule.
 TEST_F(CudaOps, MatmulBackwardWithGeluDerivative) {
   const int64_t N = 200;
   const int IC = 256, OC = 64;  // IC = 4 C of the fc layer, OC = C
@@ -576,12 +577,15 @@ TEST_F(CudaOps, MatmulBackwardWithGeluDerivative) {
   const VecF dout = random_bf16(rng, N * OC);
   VecF inp(pre.size());  // GELU(pre) as the forward stored it (bf16)
   for (size_t i = 0; i < pre.size(); ++i) inp[i] = float(rb(gelu64(pre[i])));
+  const VecF p_db = random_normal(rng, IC);
   Bf16 d_pre(pre), d_inp(inp), d_w(w), d_dout(dout), dpre(N * IC);
-  F32 dw(VecF(size_t(OC) * IC, 0.f));
-  cuda::matmul_backward_dgelu(ctx().gemm(), dpre.get(), dw.get(), d_dout.get(), d_inp.get(), d_w.get(), d_pre.get(),
-                              N, IC, OC, stream);
-  std::printf("[     info ] matmul dgelu epilogue: %s\n",
-              cuda::matmul_last_dgelu_path() == cuda::EpiloguePath::Fused ? "fused" : "second pass");
+  F32 dw(VecF(size_t(OC) * IC, 0.f)), db(p_db);
+  DeviceArray<char> scratch(cuda::matmul_backward_dgelu_scratch_bytes(N, IC));
+  cuda::matmul_backward_dgelu(ctx().gemm(), dpre.get(), dw.get(), db.get(), scratch.get(), d_dout.get(), d_inp.get(),
+                              d_w.get(), d_pre.get(), N, IC, OC, stream);
+  std::printf("[     info ] matmul dgelu epilogue: %s, bias gradient %s\n",
+              cuda::matmul_last_dgelu_path() == cuda::EpiloguePath::Fused ? "fused" : "second pass",
+              cuda::matmul_last_dgelu_fused_bias() ? "in the epilogue" : "by bias_backward");
   VecD ref(N * IC, 0.0), em(N * IC), ref_dw(size_t(OC) * IC, 0.0), abs_dw(ref_dw.size(), 0.0);
   for (int64_t n = 0; n < N; ++n)
     for (int i = 0; i < IC; ++i) {
@@ -598,6 +602,12 @@ TEST_F(CudaOps, MatmulBackwardWithGeluDerivative) {
         abs_dw[size_t(o) * IC + i] += std::fabs(double(dout[n * OC + o]) * inp[n * IC + i]);
       }
   expect_emulated("matmul dpre through GELU'", dpre.download(), ref, em, kUBf16);
+  VecD ref_db(p_db.begin(), p_db.end()), em_db(p_db.begin(), p_db.end());
+  for (int64_t n = 0; n < N; ++n)
+    for (int i = 0; i < IC; ++i) ref_db[i] += ref[n * IC + i], em_db[i] += em[n * IC + i];
+  // Whether the sum is of the fp32 products or of the stored bf16 values, it is off the
+  // exact one by about the emulation's (bf16 roundings of N terms) plus fp32 accumulation.
+  expect_emulated("dgelu bias gradient (onto prefill)", db.download(), ref_db, em_db, kUF32);
   VecD tol(abs_dw.size());
   for (size_t i = 0; i < tol.size(); ++i) tol[i] = gamma32(double(N) + 1) * abs_dw[i];  // any order
   expect_close_each("matmul dw (GELU layer)", dw.download(), ref_dw, tol);
