@@ -121,7 +121,8 @@ void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf1
                     cudaStream_t stream);
 // dinp[N,IC] (=/+=) dout[N,OC] @ w[OC,IC] (bf16 out); dw[OC,IC] += dout^T @ inp (bf16
 // inputs, fp32 C/D, beta 1); dbias[OC] += sum_n dout (fp32, through `scratch`, sized by
-// bias_backward_scratch_bytes(N, OC)). Any of dinp/dw/dbias may be null.
+// bias_backward_scratch_bytes(N, OC); with dw, from the dW GEMM's epilogue where cuBLASLt
+// offers it, see matmul_last_bias_in_gemm). Any of dinp/dw/dbias may be null.
 void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias,
                      void* scratch, const bf16* dout, const bf16* inp, const bf16* w, int64_t N,
                      int IC, int OC, bool accumulate_dinp, cudaStream_t stream);
@@ -145,6 +146,9 @@ void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float*
                            const bf16* dout, const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
                            int OC, cudaStream_t stream);
 EpiloguePath matmul_last_dgelu_path();
+// Whether matmul_backward's last bias gradient came from the dW GEMM's BGRADB epilogue
+// (tried when both dw and dbias are asked for) rather than bias_backward.
+bool matmul_last_bias_in_gemm();
 bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogue
 
 // GEMM algorithm choice for configurations not yet cached (process-wide). Off (default):
