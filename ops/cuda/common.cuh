@@ -78,17 +78,20 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 // ---- V consecutive elements as one access (V = 8: 16 bytes of bf16; V = 1: a scalar) ------
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// 8 bf16 values held in one 16-byte register vector, as floats.
+__device__ __forceinline__ void unpack8(float (&v)[8], const uint4& raw) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __bfloat1622float2(h[k]);
+    v[2 * k] = f.x;
+    v[2 * k + 1] = f.y;
+  }
+}
 template <int V>
 __device__ __forceinline__ void load_bf16(float (&v)[V], const bf16* p) {
   if constexpr (V == 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = __bfloat1622float2(h[k]);
-      v[2 * k] = f.x;
-      v[2 * k + 1] = f.y;
-    }
+    unpack8(v, *reinterpret_cast<const uint4*>(p));
   } else {
     v[0] = __bfloat162float(*p);
   }

@@ -29,15 +29,6 @@ __device__ __forceinline__ int acc_slot(int c, int C) {
 // bandwidth measured at the 124M and 1.5B shapes). The arithmetic, and its order, is the
 // loop kernels' (the same bits unless the compiler contracts a multiply-add differently).
 __device__ __forceinline__ uint4 load16(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ void unpack8(float (&v)[8], const uint4& raw) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 f = __bfloat1622float2(h[k]);
-    v[2 * k] = f.x;
-    v[2 * k + 1] = f.y;
-  }
-}
 
 // b == nullptr: plain layernorm of a (residual not written). V = 8 moves 16-byte vectors
 // (C % 8 == 0 and aligned rows), V = 1 single elements.
@@ -166,6 +157,26 @@ layernorm_forward_rows_kernel(bf16* residual, bf16* out, float* mean_out, float*
 constexpr int kBwdWarps = 4;
 constexpr int kBwdRows = 16;  // 32 left the 1.5B shape at 1/8 occupancy
 
+// The backward's per-warp shared-memory accumulators [dw | db] of this warp, zeroed.
+__device__ __forceinline__ float* zeroed_warp_accumulators(float* s_acc, int warp, int lane, int C) {
+  float* acc = s_acc + int64_t(warp) * 2 * C;
+  for (int c = lane; c < 2 * C; c += 32) acc[c] = 0.f;
+  __syncwarp();
+  return acc;
+}
+// The block's partial row [dw | db]: the warps' accumulators added in warp order.
+template <int V>
+__device__ __forceinline__ void write_block_partial(float* partial, const float* s_acc, int C) {
+  __syncthreads();
+  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    const int slot = c < C ? acc_slot<V>(c, C) : C + acc_slot<V>(c - C, C);
+    float t = 0.f;
+#pragma unroll
+    for (int k = 0; k < kBwdWarps; ++k) t += s_acc[int64_t(k) * 2 * C + slot];
+    partial[int64_t(blockIdx.x) * 2 * C + c] = t;
+  }
+}
+
 template <int V>
 __global__ void __launch_bounds__(kBwdWarps * 32)
 layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
@@ -173,10 +184,8 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
                           int C, bool accumulate) {
   extern __shared__ float s_acc[];  // [kBwdWarps][2 * C]: dw then db, per warp
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float* acc_dw = s_acc + int64_t(warp) * 2 * C;
+  float* acc_dw = zeroed_warp_accumulators(s_acc, warp, lane, C);
   float* acc_db = acc_dw + C;
-  for (int c = lane; c < 2 * C; c += 32) acc_dw[c] = 0.f;
-  __syncwarp();
   const int64_t row0 = int64_t(blockIdx.x) * kBwdRows;
   for (int r = warp; r < kBwdRows; r += kBwdWarps) {
     const int64_t n = row0 + r;
@@ -223,14 +232,7 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
     }
   }
   if (partial == nullptr) return;  // uniform over the block
-  __syncthreads();
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
-    const int slot = c < C ? acc_slot<V>(c, C) : C + acc_slot<V>(c - C, C);
-    float t = 0.f;
-#pragma unroll
-    for (int k = 0; k < kBwdWarps; ++k) t += s_acc[int64_t(k) * 2 * C + slot];
-    partial[int64_t(blockIdx.x) * 2 * C + c] = t;
-  }
+  write_block_partial<V>(partial, s_acc, C);
 }
 
 // The backward with register rows (see above); the same blocks, accumulators and order as
@@ -242,10 +244,8 @@ layernorm_backward_rows_kernel(bf16* dinp, float* partial, const bf16* dout, con
                                int C, bool accumulate) {
   extern __shared__ float s_acc[];  // [kBwdWarps][2 * C]: dw then db, per warp
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float* acc_dw = s_acc + int64_t(warp) * 2 * C;
+  float* acc_dw = zeroed_warp_accumulators(s_acc, warp, lane, C);
   float* acc_db = acc_dw + C;
-  for (int c = lane; c < 2 * C; c += 32) acc_dw[c] = 0.f;
-  __syncwarp();
   const bool add_old = dinp != nullptr && accumulate;
   const int64_t row0 = int64_t(blockIdx.x) * kBwdRows;
   for (int r = warp; r < kBwdRows; r += kBwdWarps) {
@@ -307,14 +307,7 @@ layernorm_backward_rows_kernel(bf16* dinp, float* partial, const bf16* dout, con
     }
   }
   if (partial == nullptr) return;  // uniform over the block
-  __syncthreads();
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
-    const int slot = c < C ? acc_slot<8>(c, C) : C + acc_slot<8>(c - C, C);
-    float t = 0.f;
-#pragma unroll
-    for (int k = 0; k < kBwdWarps; ++k) t += s_acc[int64_t(k) * 2 * C + slot];
-    partial[int64_t(blockIdx.x) * 2 * C + c] = t;
-  }
+  write_block_partial<8>(partial, s_acc, C);
 }
 
 // Vectors per lane for the register-row kernels: 0 = use the loop kernels.
