@@ -17,7 +17,8 @@
 //   MFU = tokens/s x (6 N + 12 L T C) / (ranks x peak)   (the PaLM formula; N counts every
 //         parameter once, the tied embedding once, the vocabulary padded)
 //   HFU = tokens/s x (6 N + 14 L T C) / (ranks x peak)   (adds the attention backward's
-//         recomputation of Q K^T, which both attention kernels do)
+//         recomputation of Q K^T, which both attention kernels do; with --recompute full
+//         also the layers' second forward, 2 N_layers + 4 L T C)
 // and the peak device memory: the caching allocator's reserve and the device's used bytes
 // (cudaMemGetInfo, which also counts the CUDA context, cuBLAS and NCCL), max over ranks.
 #include <mpi.h>
@@ -182,7 +183,10 @@ int main(int argc, char** argv) {
     const double N = double(m.num_parameters());
     const double LTC = double(m.n_layer) * m.seq_len * m.n_embd;
     const double peak = o.peak_tflops * 1e12 * world;
-    const double mfu = tps * (6 * N + 12 * LTC) / peak, hfu = tps * (6 * N + 14 * LTC) / peak;
+    // The layers' own parameters (the recomputed forward's GEMMs): 12 C^2 + 13 C per layer.
+    const double N_layers = double(m.n_layer) * (12.0 * m.n_embd * m.n_embd + 13.0 * m.n_embd);
+    const double recomputed = cfg.recompute == "full" ? 2 * N_layers + 4 * LTC : 0.0;
+    const double mfu = tps * (6 * N + 12 * LTC) / peak, hfu = tps * (6 * N + 14 * LTC + recomputed) / peak;
     double reserved = 0, used = 0;
 #ifdef BRAID_HAVE_CUDA
     if (cfg.device == "cuda") {

@@ -50,7 +50,7 @@ struct ChunkActs {  // gpt.h ChunkActivations
 
 class DryRun {
  public:
-  explicit DryRun(const ActivationPlanInput& in) : in_(in) {
+  explicit DryRun(const ActivationPlanInput& in) : in_(in), recompute_gelu_(in.recompute_gelu) {
     const ModelConfig& m = in.model;
     const ModelLayout& l = in.layout;
     B_ = in.micro_batch;
@@ -125,6 +125,7 @@ class DryRun {
   bool has_head(int c) const { return global(c) == in_.layout.total_chunks() - 1; }
 
   const ActivationPlanInput& in_;
+  bool recompute_gelu_ = false;  // in_.recompute_gelu, off while a layer is recomputed
   Tracker mem_;
   int B_, T_, Ts_, C_, Cl_, NHl_;
   int64_t Vl_, N_, Ns_, act_bytes_;
@@ -151,7 +152,7 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
   to_full_seq(a.ln2, a.ln2_full);
   a.fch = act(N_ * 4 * Cl_);
   Buf gelu_out = act(N_ * 4 * Cl_);
-  if (!in_.recompute_gelu) a.fch_gelu = gelu_out;
+  if (!recompute_gelu_) a.fch_gelu = gelu_out;
   Buf fc_partial = act(N_ * C_), fcproj;
   partial_to_local(fc_partial, fcproj);
   out = act(Ns_ * C_);
@@ -249,7 +250,12 @@ void DryRun::forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad
   for (LayerActs& layer : acts.layers) {
     Buf out;
     layer_forward(layer, x, out);
-    if (!compute_grad) layer = LayerActs{};
+    if (!compute_grad) {
+      layer = LayerActs{};
+    } else if (in_.recompute_layers) {
+      layer = LayerActs{};
+      layer.input = x;
+    }
     x = out;
   }
   acts.output = x;
@@ -261,7 +267,16 @@ void DryRun::backward(int c, ChunkActs& acts, Buf& dinput) {
   Buf dx;
   if (has_head(c)) head_backward(acts, dx);
   else dx = act(Ns_ * C_);
-  for (auto it = acts.layers.rbegin(); it != acts.layers.rend(); ++it) layer_backward(*it, dx);
+  for (auto it = acts.layers.rbegin(); it != acts.layers.rend(); ++it) {
+    if (in_.recompute_layers) {  // the layer's forward again, GELU's output kept
+      const Buf x = it->input;
+      recompute_gelu_ = false;
+      Buf out;
+      layer_forward(*it, x, out);
+      recompute_gelu_ = in_.recompute_gelu;
+    }
+    layer_backward(*it, dx);
+  }
   if (has_embedding(c)) embedding_backward(dx);
   dinput = dx;
 }

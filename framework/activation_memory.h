@@ -30,6 +30,7 @@ struct ActivationPlanInput {
   int eval_microbatches = 0;   // validation pass (run_forward) microbatches
   int64_t loss_chunk_bytes = 0;  // Gpt::set_loss_chunk_bytes
   bool recompute_gelu = false;   // Gpt::set_recompute_gelu
+  bool recompute_layers = false; // Gpt::set_recompute_layers
 };
 
 struct ActivationPlan {

@@ -356,7 +356,12 @@ void Gpt::forward(int c, ChunkActivations& acts, const Tensor* input, bool compu
   for (size_t l = 0; l < ch.layers.size(); ++l) {
     Tensor out;
     layer_forward(ch.layers[l], acts.layers[l], x, out);
-    if (!compute_grad) acts.layers[l] = LayerActivations{};  // no backward: nothing to keep
+    if (!compute_grad) {
+      acts.layers[l] = LayerActivations{};  // no backward: nothing to keep
+    } else if (recompute_layers_) {
+      acts.layers[l] = LayerActivations{};  // the backward runs this layer's forward again
+      acts.layers[l].input = x;
+    }
     x = out;
   }
   acts.output = x;
@@ -377,8 +382,17 @@ void Gpt::backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& di
     BRAID_CHECK(dout != nullptr, "backward of a non-last chunk needs the output gradient");
     dx = dout->clone();
   }
-  for (int l = int(ch.layers.size()) - 1; l >= 0; --l)
-    layer_backward(ch.layers[l], acts.layers[l], dx, last_mb, final_fn);
+  for (int l = int(ch.layers.size()) - 1; l >= 0; --l) {
+    if (recompute_layers_) {  // the same forward again, on the same input: the same activations
+      const Tensor x = acts.layers[size_t(l)].input;
+      const bool gelu = recompute_gelu_;
+      recompute_gelu_ = false;  // its backward follows at once: keep GELU's output
+      Tensor out;
+      layer_forward(ch.layers[size_t(l)], acts.layers[size_t(l)], x, out);
+      recompute_gelu_ = gelu;
+    }
+    layer_backward(ch.layers[size_t(l)], acts.layers[size_t(l)], dx, last_mb, final_fn);
+  }
   if (ch.has_embedding) {
     embedding_backward(ch, acts, dx);
     if (last_mb) final_fn(ch.wpe);

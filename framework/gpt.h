@@ -97,6 +97,11 @@ class Gpt {
   // (one elementwise pass per layer) instead of storing both: 4 B T C/TP fewer activation
   // elements per layer (a quarter of a layer's).
   void set_recompute_gelu(bool on) { recompute_gelu_ = on; }
+  // Full recomputation (--recompute full): a training forward keeps only each layer's
+  // input; the backward runs the layer's forward again (keeping everything, GELU's output
+  // included) right before its backward. One more forward of the layers per step, for
+  // activations of one layer instead of all (Megatron's full activation checkpointing).
+  void set_recompute_layers(bool on) { recompute_layers_ = on; }
 
  private:
   void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out);
@@ -129,6 +134,7 @@ class Gpt {
   Backend& be_;
   int64_t loss_chunk_bytes_ = 0;
   bool recompute_gelu_ = false;
+  bool recompute_layers_ = false;
 };
 
 }  // namespace braid

@@ -134,6 +134,7 @@ RankMemoryPlan plan_rank_memory(const TrainConfig& cfg, int dp, int tp_rank, int
   in.eval_microbatches = int(cfg.eval_batches);
   in.loss_chunk_bytes = cfg.loss_chunk_bytes();
   in.recompute_gelu = cfg.recompute == "gelu";
+  in.recompute_layers = cfg.recompute == "full";
   ActivationPlan a = plan_activation_memory(in);
   r.activation_bytes = a.train_peak_bytes;
   r.eval_activation_bytes = a.eval_peak_bytes;

@@ -82,7 +82,7 @@ po::options_description train_options(TrainConfig& c) {
     ("attention", po::value(&c.attention)->default_value("braid"), "CUDA attention: braid (Braid's flash kernel) | cudnn")
     ("gemm-autotune", po::bool_switch(&c.gemm_autotune), "CUDA: time up to 8 of cuBLASLt's candidate algorithms at each GEMM shape's first call and keep the fastest (default: the heuristic's first; with autotuning the choice, and so the low bits of results, may differ between runs)")
     ("loss-chunk-mib", po::value(&c.loss_chunk_mib)->default_value(256), "LM head and loss over row chunks whose logits take at most this many MiB; a training forward runs the head's backward chunk by chunk, so the [tokens, vocab] logits never exist whole (0 = one logits tensor kept until backward)")
-    ("recompute", po::value(&c.recompute)->default_value("gelu"), "activations recomputed in the backward instead of stored: gelu (GELU's output, one elementwise pass per layer; saves a quarter of each layer's activations) | none")
+    ("recompute", po::value(&c.recompute)->default_value("gelu"), "activations recomputed in the backward instead of stored: gelu (GELU's output, one elementwise pass per layer; saves a quarter of each layer's activations) | full (each layer keeps only its input and runs its forward again right before its backward: about a third more compute, one layer's activations instead of all) | none")
     ("comm", po::value(&c.comm)->default_value("auto"), "GPU collectives: nccl | mpi (staged through host memory) | auto (NCCL when every rank of a group has its own GPU)")
     ("threads", po::value(&c.threads)->default_value(0), "BLAS threads per rank (0 = cores / ranks on this node)")
     ("sample-tokens", po::value(&c.sample_tokens)->default_value(0), "after training, print this many sampled tokens")
@@ -190,7 +190,8 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");
   BRAID_REQUIRE(c.loss_chunk_mib >= 0 && std::isfinite(c.loss_chunk_mib),
                 "--loss-chunk-mib must be >= 0 (0 = no chunking), got " << c.loss_chunk_mib);
-  BRAID_REQUIRE(c.recompute == "gelu" || c.recompute == "none", "--recompute must be gelu or none (got '" << c.recompute << "')");
+  BRAID_REQUIRE(c.recompute == "gelu" || c.recompute == "full" || c.recompute == "none",
+                "--recompute must be gelu, full or none (got '" << c.recompute << "')");
   BRAID_REQUIRE(c.comm == "auto" || c.comm == "mpi" || c.comm == "nccl", "--comm must be auto, mpi or nccl");
   BRAID_REQUIRE(c.collective_timeout >= 0 && std::isfinite(c.collective_timeout),
                 "--collective-timeout must be >= 0 seconds (0 = off), got " << c.collective_timeout);

@@ -44,7 +44,7 @@ struct TrainConfig {
   std::string device = "cpu";       // cpu | cuda
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
   bool gemm_autotune = false;       // time cuBLASLt's candidates per GEMM shape (CUDA)
-  std::string recompute = "gelu";   // gelu | none: activations recomputed in the backward
+  std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
   double loss_chunk_mib = 256;      // logits budget of the chunked LM head + loss; 0 = unchunked
   int local_device = 0;             // GPU of this rank (set by the entry point)
   std::string comm = "auto";        // auto | mpi | nccl: data plane of GPU collectives  // no per-step console lines (metrics.jsonl is still written)

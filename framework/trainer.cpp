@@ -51,6 +51,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch, *backend_);
   model_->set_loss_chunk_bytes(cfg_.loss_chunk_bytes());
   model_->set_recompute_gelu(cfg_.recompute == "gelu");
+  model_->set_recompute_layers(cfg_.recompute == "full");
   model_->register_params(store_, false);
   int64_t bucket_elems = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
   store_.finalize(bucket_elems, g.dp, backend_->device());

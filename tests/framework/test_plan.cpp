@@ -88,6 +88,9 @@ std::vector<Case> cases() {
       {.dp = 2, .zero = 1},
       {.tp = 2, .dp = 2, .sp = true, .zero = 1},
       {.tp = 2, .pp = 2, .dp = 2, .vs = 2, .schedule = "interleaved", .sp = true, .zero = 1, .microbatches = 4},
+      {.recompute = "full"},  // each layer keeps its input; its forward runs again in the backward
+      {.tp = 2, .sp = true, .recompute = "full"},
+      {.pp = 2, .vs = 2, .schedule = "interleaved", .microbatches = 4, .recompute = "full"},
   };
 }
 

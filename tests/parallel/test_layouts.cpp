@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 #include "../test_util.h"
@@ -34,6 +35,7 @@ struct Layout {
   bool sp = false;
   int zero = 0;
   std::vector<int> pp_layers;
+  std::string recompute;  // empty: the default (gelu)
   std::string name() const {
     std::ostringstream os;
     os << "tp" << tp << "_pp" << pp << "_dp" << dp;
@@ -42,6 +44,7 @@ struct Layout {
     if (sp) os << "_sp";
     if (zero) os << "_zero" << zero;
     if (!pp_layers.empty()) os << "_split" << pp_layers[0];
+    if (!recompute.empty()) os << "_recompute_" << recompute;
     return os.str();
   }
   int world() const { return tp * pp * dp; }
@@ -94,6 +97,7 @@ TrainConfig layout_config(const Layout& l, const std::string& data, const std::s
   // proves the chunked head equal to the unchunked one, and GELU recomputation (on in
   // the layouts, off in the reference) equal to storing its output.
   c.loss_chunk_mib = 2560.0 / (1024 * 1024);
+  if (!l.recompute.empty()) c.recompute = l.recompute;
   return c;
 }
 
@@ -123,6 +127,12 @@ std::vector<Layout> all_layouts() {
   add({.tp = 2, .pp = 4, .schedule = "gpipe"});
   add({.pp = 2, .pp_layers = {1, 3}});
   add({.tp = 2, .pp = 2, .dp = 2, .vs = 2, .schedule = "interleaved", .sp = true, .zero = 1});
+  // Full recomputation: the layers' forwards run again in the backward (TP collectives,
+  // SP gathers and pipeline chunks included).
+  add({.recompute = "full"});
+  add({.tp = 2, .sp = true, .recompute = "full"});
+  add({.tp = 2, .pp = 2, .vs = 2, .schedule = "interleaved", .recompute = "full"});
+  add({.pp = 2, .dp = 2, .zero = 1, .recompute = "full"});
   return v;
 }
 
@@ -225,6 +235,33 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
     expect_matches_reference(l, layout_config(l, data_, test::temp_dir("layout_" + l.name())), ref_);
   }
   EXPECT_GT(ran, 1) << "no parallel layout fits a world of " << world;
+}
+
+// Full recomputation repeats the same deterministic forward: on the CPU the run is the
+// stored run bit for bit (losses and every parameter), one rank and TP2 x PP2.
+TEST_F(LayoutEquivalence, FullRecomputationIsTheStoredRunBitForBit) {
+  int world = 1, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (skip() || test_device() != "cpu") GTEST_SKIP() << "CPU only (bf16 GPU runs are compared within tolerance above)";
+  for (Layout l : {Layout{}, Layout{.tp = 2, .pp = 2}}) {
+    if (l.world() > world) continue;
+    TrainConfig stored = layout_config(l, data_, test::temp_dir("recompute_none_" + l.name()));
+    stored.recompute = "none";
+    l.recompute = "full";
+    TrainConfig full = layout_config(l, data_, test::temp_dir("recompute_" + l.name()));
+    const test::RunResult a = test::run_on_ranks(stored, l.world()), b = test::run_on_ranks(full, l.world());
+    ASSERT_EQ(a.losses.size(), b.losses.size());
+    for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_EQ(a.losses[i], b.losses[i]) << l.name() << " step " << i + 1;
+    if (rank != 0) continue;
+    size_t differ = 0;
+    for (const auto& [name, shape] : full_param_list(stored.model)) {
+      const auto x = test::read_checkpoint_tensor(a.checkpoint, "params", name);
+      const auto y = test::read_checkpoint_tensor(b.checkpoint, "params", name);
+      for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], sizeof(float)) != 0 ? 1 : 0;
+    }
+    EXPECT_EQ(differ, 0u) << l.name() << ": parameters differ from the stored run";
+  }
 }
 
 // The eight-GPU layouts (TP x PP x DP in {8x1x1, 4x2x1, 2x2x2, 2x4x1 interleaved,
