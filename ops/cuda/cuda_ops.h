@@ -78,6 +78,9 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, con
 // dinp (=/+=) LN backward in fp32; dw += sum_n xhat * dout, db += sum_n dout (fp32,
 // deterministic through `scratch`). dw or db may be null.
 size_t layernorm_backward_scratch_bytes(int64_t N, int C);
+// Testing: route 16-byte rows to the loop kernels instead of the register-row kernels
+// (process-wide), so that a test can compare the two bit for bit.
+void layernorm_force_loop_kernels(bool on);
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,
                         const bf16* inp, const float* w, const float* mean, const float* rstd,
                         int64_t N, int C, bool accumulate, cudaStream_t stream);

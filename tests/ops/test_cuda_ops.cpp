@@ -418,6 +418,54 @@ TEST_F(CudaOps, ResidualLayerNormForwardBackward) {
   }
 }
 
+// The register-row kernels do the loop kernels' arithmetic in the same order: the same
+// bits, forward (with and without the residual) and backward (accumulating into dinp, and
+// the weight gradients), at every instantiation and a partial warp pass.
+TEST_F(CudaOps, LayerNormRegisterRowsAreTheLoopKernelsBitForBit) {
+  struct Loop {  // the loop kernels for the scope's duration, however it ends
+    Loop() { cuda::layernorm_force_loop_kernels(true); }
+    ~Loop() { cuda::layernorm_force_loop_kernels(false); }
+  };
+  for (int C : {256, 512, 768, 1024, 1280, 1600, 2048}) {
+    SCOPED_TRACE("C=" + std::to_string(C));
+    const int64_t N = 35;  // 3 backward blocks of 16 rows, the last partial
+    std::mt19937 rng(30 + C);
+    const VecF a = random_bf16(rng, N * C, 1.f, 1.f), b = random_bf16(rng, N * C), g = random_bf16(rng, N * C);
+    const VecF w = random_normal(rng, C, 1.f, 0.3f), bias = random_normal(rng, C), prefill = random_bf16(rng, N * C);
+    Bf16 da(a), db(b), dg(g);
+    F32 dw(w), dbias(bias);
+    DeviceArray<char> scratch(cuda::layernorm_backward_scratch_bytes(N, C));
+    struct Out {
+      VecF res, out, plain, mean, rstd, dinp, gw, gb;
+    };
+    auto run = [&] {
+      Bf16 res(N * C), out(N * C), plain(N * C), dinp(prefill);
+      F32 mean(N), rstd(N), gw(VecF(C, 0.5f)), gb(VecF(C, -0.5f));
+      cuda::residual_layernorm_forward(res.get(), out.get(), mean.get(), rstd.get(), da.get(), db.get(), dw.get(),
+                                       dbias.get(), N, C, stream);
+      cuda::layernorm_forward(plain.get(), mean.get(), rstd.get(), res.get(), dw.get(), dbias.get(), N, C, stream);
+      cuda::layernorm_backward(dinp.get(), gw.get(), gb.get(), scratch.get(), dg.get(), res.get(), dw.get(),
+                               mean.get(), rstd.get(), N, C, true, stream);
+      return Out{res.download(), out.download(), plain.download(), mean.download(), rstd.download(),
+                 dinp.download(), gw.download(), gb.download()};
+    };
+    const Out rows = run();
+    Out loop;
+    {
+      Loop on;
+      loop = run();
+    }
+    expect_bitwise("residual", rows.res, loop.res);
+    expect_bitwise("residual layernorm out", rows.out, loop.out);
+    expect_bitwise("layernorm out", rows.plain, loop.plain);
+    expect_bitwise("mean", rows.mean, loop.mean);
+    expect_bitwise("rstd", rows.rstd, loop.rstd);
+    expect_bitwise("dinp (accumulated)", rows.dinp, loop.dinp);
+    expect_bitwise("dw", rows.gw, loop.gw);
+    expect_bitwise("db", rows.gb, loop.gb);
+  }
+}
+
 // ---- matmul ----------------------------------------------------------------------------
 
 TEST_F(CudaOps, MatmulForwardBackward) {
