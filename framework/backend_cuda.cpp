@@ -190,11 +190,14 @@ class CudaBackend final : public Backend {
     if (grad)
       cuda::xent_backward(b(logits), cb(logits), t, row_max.f32(), row_sum.f32(), N, Vl, vstart, vreal, scale, s());
   }
+  // Token ids, targets and embedding-backward tables, four uploads per microbatch. An
+  // asynchronous copy on the compute stream from pageable memory is staged by the driver
+  // before the call returns (the vector may go at once) and, unlike cudaMemcpy, does not
+  // wait for the GPU to drain the queue: the host keeps enqueueing ahead of it.
   Tensor upload(const std::vector<int32_t>& h) {
-    Tensor host = Tensor::empty({int64_t(std::max<size_t>(h.size(), 1))}, DType::I32);
-    std::memcpy(host.raw(), h.data(), h.size() * sizeof(int32_t));
-    Tensor d = Tensor::empty(host.shape(), DType::I32, Device::CUDA);
-    d.copy_from(host);
+    Tensor d = Tensor::empty({int64_t(std::max<size_t>(h.size(), 1))}, DType::I32, Device::CUDA);
+    if (!h.empty())
+      BRAID_CHECK_CUDA(cudaMemcpyAsync(d.raw(), h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
     return d;
   }
   // One reusable scratch buffer: every user runs on the compute stream, in order.
