@@ -31,6 +31,11 @@ ModelLayout make_model_layout(const ModelConfig& m, int tp, int tp_rank, int pp,
                               const std::vector<int>& pp_layers) {
   BRAID_REQUIRE(m.n_layer >= 1 && m.n_head >= 1 && m.n_embd >= 1 && m.seq_len >= 1,
                 "--layers, --heads, --width and --seq-len must be positive");
+  // The layout lists the layers of every pipeline chunk: an absurd count (fuzzing found
+  // --layers 1073741824 --virtual-stages 1073741824) would build a billion-entry list.
+  constexpr int kMaxLayers = 1 << 16;
+  BRAID_REQUIRE(m.n_layer <= kMaxLayers, "--layers " << m.n_layer << " is more than the " << kMaxLayers
+                                                     << " transformer blocks supported");
   BRAID_REQUIRE(m.n_embd % m.n_head == 0,
                 "--width " << m.n_embd << " is not divisible by --heads " << m.n_head);
   BRAID_REQUIRE(m.n_head % tp == 0, "--heads " << m.n_head << " is not divisible by --tp " << tp

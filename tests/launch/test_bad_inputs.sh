@@ -81,7 +81,12 @@ case_heads_vs_tp() {
   expect_error $CASE 2 "--heads 3 is not divisible by --tp 2" --data "$DATA" --out "$WORK/o" \
     --layers 2 --heads 3 --width 48 --seq-len 16 --steps 2 --tp 2
 }
-case_layers_vs_pp() { expect_error $CASE 4 "fewer than --pp 4" --data "$DATA" --out "$WORK/o" $M --pp 4 --grad-accum 4; }
+case_layers_vs_pp() {
+  expect_error $CASE 4 "fewer than --pp 4" --data "$DATA" --out "$WORK/o" $M --pp 4 --grad-accum 4
+  # fuzz_train_config found this one building a billion-entry layer list (a timeout)
+  expect_error $CASE 2 "--layers 1073741824 is more than the 65536 transformer blocks supported" --data "$DATA" \
+    --out "$WORK/o" $M --layers 1073741824 --schedule interleaved --virtual-stages 1073741824
+}
 case_interleave_few_microbatches() {
   expect_error $CASE 2 "needs --grad-accum (number of microbatches, 1) to be a multiple of --pp (2)" \
     --data "$DATA" --out "$WORK/o" --layers 4 --heads 4 --width 32 --seq-len 16 --steps 2 --pp 2 \
