@@ -40,8 +40,8 @@ ModelLayout make_model_layout(const ModelConfig& m, int tp, int tp_rank, int pp,
                 "--width " << m.n_embd << " is not divisible by --heads " << m.n_head);
   BRAID_REQUIRE(m.n_head % tp == 0, "--heads " << m.n_head << " is not divisible by --tp " << tp
                                                << ": attention heads are split across TP ranks");
-  BRAID_REQUIRE((4 * m.n_embd) % tp == 0,
-                "the MLP width 4 x --width = " << 4 * m.n_embd << " is not divisible by --tp " << tp);
+  BRAID_REQUIRE((int64_t{4} * m.n_embd) % tp == 0,  // int64: --width is untrusted (fuzzing found 4 x 2^30)
+                "the MLP width 4 x --width = " << int64_t{4} * m.n_embd << " is not divisible by --tp " << tp);
   BRAID_REQUIRE(virtual_stages >= 1, "--virtual-stages must be >= 1");
   if (sequence_parallel)
     BRAID_REQUIRE(m.seq_len % tp == 0, "--sequence-parallel needs --seq-len " << m.seq_len
