@@ -8,7 +8,8 @@
 //   dw       D = dw^T [IC x OC]:  m=IC, n=OC, k=N,  A = inp (stored IC x N,  op N),
 //                                 B = dout (stored OC x N, op T)
 // The algorithm for a configuration (shape, types, epilogue, pointer alignments) is chosen
-// once by cuBLASLt's heuristic (told the operands' actual alignment) and cached, so every call of a shape runs the same kernel:
+// once by cuBLASLt's heuristic (told the operands' actual alignment) and cached, so every
+// call of a shape runs the same kernel:
 // results are reproducible run to run.
 #include <algorithm>
 #include <atomic>
@@ -86,9 +87,10 @@ __global__ void add_vector_kernel(float* dst, const float* src, int n) {
   if (i < n) dst[i] += src[i];
 }
 
+std::atomic<int> g_tuned_shapes{0};  // configurations whose candidates were timed
+
 // Times each candidate on `stream` (1 warm-up + 3 runs; D replaced by a scratch buffer, so
 // beta = 1 GEMMs do not accumulate into the real output) and returns the fastest's index.
-std::atomic<int> g_tuned_shapes{0};
 int fastest_algo(const GemmHandle& h, const Descriptors& desc, const cublasLtMatmulHeuristicResult_t* results,
                  int count, const void* A, const void* B, size_t d_bytes, float beta, cudaStream_t stream) {
   // The scratch comes from the caching allocator (stream-ordered reuse on this stream, no
@@ -130,7 +132,9 @@ int fastest_algo(const GemmHandle& h, const Descriptors& desc, const cublasLtMat
     BRAID_CHECK_CUDA(cudaEventElapsedTime(&ms, t0, t1));
     if (best < 0 || ms < best_ms) best = i, best_ms = ms;
   }
-  return best < 0 ? 0 : best;  // the scratch goes back to the allocator, reused in stream order  // none ran: the heuristic's first (its failure is then reported)
+  // None ran: the heuristic's first (its failure is then reported). The guard returns the
+  // scratch to the allocator, reused in stream order.
+  return best < 0 ? 0 : best;
 }
 
 __global__ void bias_to_bf16_kernel(bf16* out, const float* bias, int n) {
