@@ -39,8 +39,8 @@ void Optimizer::for_each_owned(F&& f) {
   for (size_t b = 0; b < buckets.size(); ++b) {
     if (reducer_.zero()) {
       int64_t off = reducer_.shard_offset(int(b));
-      f(reducer_.shard_begin(int(b)), reducer_.shard_size(int(b)), reducer_.shard_grads() + off,
-        m_.data() + off, v_.data() + off);
+      f(reducer_.shard_begin(int(b)), reducer_.shard_size(int(b)), reducer_.shard_grads(int(b)), m_.data() + off,
+        v_.data() + off);
     } else {
       int64_t off = buckets[b].offset;
       f(off, buckets[b].size, store_.flat_grads().f32() + off, m_.data() + off, v_.data() + off);
@@ -105,14 +105,11 @@ void Optimizer::step(float lr, const AdamWConfig& cfg) {
     });
   });
   if (reducer_.zero()) {
-    // All-gather the updated shards so every replica holds the full parameters again.
+    // All-gather the updated shards (in place) so every replica holds the full parameters.
     const auto& buckets = reducer_.buckets();
-    std::vector<float> send;
-    for (size_t b = 0; b < buckets.size(); ++b) {
-      int64_t s = reducer_.shard_size(int(b));
-      send.assign(values + reducer_.shard_begin(int(b)), values + reducer_.shard_begin(int(b)) + s);
-      reducer_.dp().all_gather(send.data(), values + buckets[b].offset, s, DType::F32);
-    }
+    for (size_t b = 0; b < buckets.size(); ++b)
+      reducer_.dp().all_gather(values + reducer_.shard_begin(int(b)), values + buckets[b].offset,
+                               reducer_.shard_size(int(b)), DType::F32);
   }
 }
 

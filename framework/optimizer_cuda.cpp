@@ -1,9 +1,10 @@
 // The GPU side of the optimizer: fp32 AdamW moments in device memory, one launch of
 // cuda::adamw_update over every parameter segment, and the owned-gradient sum of squares
-// for the global norm. Under ZeRO-1 everything lives in shard coordinates: this replica's
-// 1/DP of every bucket (reduced gradients from the reducer, a shard copy of the master
-// weights, moments of shard size); after the update the shards are all-gathered back into
-// the full parameters. Built only with the CUDA backend.
+// for the global norm. Under ZeRO-1 the moments hold this replica's 1/DP of every bucket
+// (bucket b's shard at shard_offset(b)); the reduced gradients and the master weights of
+// that shard are used where they lie in the flat buffers (no copies), so the kernels run
+// once per bucket with pointers shifted to the shard; after the update the shards are
+// all-gathered in place into the full parameters. Built only with the CUDA backend.
 #ifdef BRAID_HAVE_CUDA
 #include <algorithm>
 #include <cstring>
@@ -25,56 +26,88 @@ Tensor upload_segments(const std::vector<cuda::ParamSegment>& segs) {
   return dev;
 }
 
-void d2d(float* dst, const float* src, int64_t n) { device_copy(dst, true, src, true, size_t(n) * 4); }
+// A bucket's shard under ZeRO-1: its segments are entries [first, first + count) of the
+// segment tables, in coordinates relative to the shard's first element.
+struct ShardRange {
+  int first = 0, count = 0, norm_first = 0, norm_count = 0;
+  int64_t begin = 0, size = 0, state_offset = 0;
+};
 
 struct CudaOptimizerState : Optimizer::DeviceState {
   ParamStore& store;
   GradReducer& reducer;
   bool zero;
-  int64_t total;  // elements in the coordinates the kernels index (flat or shard)
-  Tensor m, v, segs, norm_segs, sumsq, scratch, shard_values;
+  int64_t total;  // moments' elements (flat size, or the ZeRO-1 shard total)
+  Tensor m, v, segs, norm_segs, sumsq, scratch;
   int nsegs = 0, nnorm = 0;
+  std::vector<ShardRange> shards;  // ZeRO-1 only
   CudaOptimizerState(ParamStore& s, GradReducer& r, const std::vector<cuda::ParamSegment>& all,
-                     const std::vector<cuda::ParamSegment>& owned)
-      : store(s), reducer(r), zero(r.zero()) {
+                     const std::vector<cuda::ParamSegment>& owned, std::vector<ShardRange> shard_ranges)
+      : store(s), reducer(r), zero(r.zero()), shards(std::move(shard_ranges)) {
     total = zero ? std::max<int64_t>(r.shard_total(), 1) : s.flat_size();
     m = Tensor({total}, DType::F32, Device::CUDA);
     v = Tensor({total}, DType::F32, Device::CUDA);
-    if (zero) shard_values = Tensor({total}, DType::F32, Device::CUDA);
     segs = upload_segments(all);
     norm_segs = upload_segments(owned);
     nsegs = int(all.size());
     nnorm = int(owned.size());
-    sumsq = Tensor({2}, DType::F32, Device::CUDA);  // one double
-    size_t sb = cuda::sum_squares_scratch_bytes(total);
+    // One fp64 sum per bucket shard under ZeRO-1 (added on the host in bucket order).
+    sumsq = Tensor({2 * std::max<int64_t>(int64_t(shards.size()), 1)}, DType::F32, Device::CUDA);
+    int64_t largest = zero ? 1 : s.flat_size();
+    for (const ShardRange& sh : shards) largest = std::max(largest, sh.size);
+    size_t sb = cuda::sum_squares_scratch_bytes(largest);
     scratch = Tensor::empty({int64_t((sb + 3) / 4 + 1)}, DType::F32, Device::CUDA);
   }
-  float* grads() { return zero ? reducer.shard_grads() : store.flat_grads().f32(); }
+  const cuda::ParamSegment* seg_table(int first) { return segs.data<cuda::ParamSegment>() + first; }
+  const cuda::ParamSegment* norm_table(int first) { return norm_segs.data<cuda::ParamSegment>() + first; }
   double sum_squares_owned() override {
-    if (nnorm == 0) return 0.0;
     auto* out = static_cast<double*>(sumsq.raw());
-    cuda::sum_squares(out, scratch.raw(), grads(), norm_segs.data<cuda::ParamSegment>(), nnorm, total, nullptr);
-    double h = 0;
-    BRAID_CHECK_CUDA(cudaMemcpy(&h, out, sizeof(double), cudaMemcpyDeviceToHost));
-    return h;
+    if (!zero) {
+      if (nnorm == 0) return 0.0;
+      cuda::sum_squares(out, scratch.raw(), store.flat_grads().f32(), norm_table(0), nnorm, total, nullptr);
+      double h = 0;
+      BRAID_CHECK_CUDA(cudaMemcpy(&h, out, sizeof(double), cudaMemcpyDeviceToHost));
+      return h;
+    }
+    std::vector<double> h(shards.size(), 0.0);
+    for (size_t b = 0; b < shards.size(); ++b) {
+      const ShardRange& sh = shards[b];
+      if (sh.norm_count == 0) {
+        BRAID_CHECK_CUDA(cudaMemset(out + b, 0, sizeof(double)));
+        continue;
+      }
+      cuda::sum_squares(out + b, scratch.raw(), reducer.shard_grads(int(b)), norm_table(sh.norm_first), sh.norm_count,
+                        sh.size, nullptr);
+    }
+    if (!h.empty()) BRAID_CHECK_CUDA(cudaMemcpy(h.data(), out, h.size() * sizeof(double), cudaMemcpyDeviceToHost));
+    double sum = 0;
+    for (double x : h) sum += x;
+    return sum;
   }
-  void scale_grads(float sc) override { cuda::scale_inplace(grads(), sc, total, nullptr); }
+  void scale_grads(float sc) override {
+    if (!zero) {
+      cuda::scale_inplace(store.flat_grads().f32(), sc, total, nullptr);
+      return;
+    }
+    for (size_t b = 0; b < shards.size(); ++b)
+      cuda::scale_inplace(reducer.shard_grads(int(b)), sc, shards[b].size, nullptr);
+  }
   void step(float lr, const AdamWConfig& c, int64_t t) override {
     cuda::AdamWConfig cfg{lr, c.beta1, c.beta2, c.eps, c.weight_decay, t};
     float* values = store.flat_values().f32();
     if (!zero) {
-      cuda::adamw_update(values, nullptr, grads(), m.f32(), v.f32(), segs.data<cuda::ParamSegment>(), nsegs,
-                         total, cfg, nullptr, nullptr);
+      cuda::adamw_update(values, nullptr, store.flat_grads().f32(), m.f32(), v.f32(), seg_table(0), nsegs, total, cfg,
+                         nullptr, nullptr);
       return;
     }
     const auto& buckets = reducer.buckets();
-    for (size_t b = 0; b < buckets.size(); ++b)
-      d2d(shard_values.f32() + reducer.shard_offset(int(b)), values + reducer.shard_begin(int(b)),
-          reducer.shard_size(int(b)));
-    cuda::adamw_update(shard_values.f32(), nullptr, grads(), m.f32(), v.f32(), segs.data<cuda::ParamSegment>(),
-                       nsegs, total, cfg, nullptr, nullptr);
-    for (size_t b = 0; b < buckets.size(); ++b)  // every replica gets every updated shard
-      reducer.dp().all_gather(shard_values.f32() + reducer.shard_offset(int(b)), values + buckets[b].offset,
+    for (size_t b = 0; b < shards.size(); ++b) {
+      const ShardRange& sh = shards[b];
+      cuda::adamw_update(values + sh.begin, nullptr, reducer.shard_grads(int(b)), m.f32() + sh.state_offset,
+                         v.f32() + sh.state_offset, seg_table(sh.first), sh.count, sh.size, cfg, nullptr, nullptr);
+    }
+    for (size_t b = 0; b < buckets.size(); ++b)  // every replica gets every updated shard, in place
+      reducer.dp().all_gather(values + reducer.shard_begin(int(b)), values + buckets[b].offset,
                               reducer.shard_size(int(b)), DType::F32);
   }
   void get_moments(std::vector<float>& mh, std::vector<float>& vh) override {
@@ -116,6 +149,7 @@ struct CudaOptimizerState : Optimizer::DeviceState {
 
 std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer& o) {
   std::vector<cuda::ParamSegment> all, owned;
+  std::vector<ShardRange> shards;
   auto add = [&](int64_t lo, int64_t len, const Segment& s) {
     cuda::ParamSegment seg{lo, len, s.weight_decay ? 1 : 0, 0};
     all.push_back(seg);
@@ -124,18 +158,24 @@ std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer& 
   if (!o.reducer_.zero()) {
     for (const auto& s : o.segments_) add(s.lo, s.hi - s.lo, s);
   } else {
-    // Shard coordinates: bucket b's owned flat range [begin, begin + size) maps to
-    // [shard_offset(b), + size) in the shard buffers.
+    // Bucket b's owned flat range [begin, begin + size): its segments relative to begin.
     for (size_t b = 0; b < o.reducer_.buckets().size(); ++b) {
-      const int64_t begin = o.reducer_.shard_begin(int(b)), size = o.reducer_.shard_size(int(b));
-      const int64_t off = o.reducer_.shard_offset(int(b));
+      ShardRange sh;
+      sh.begin = o.reducer_.shard_begin(int(b));
+      sh.size = o.reducer_.shard_size(int(b));
+      sh.state_offset = o.reducer_.shard_offset(int(b));
+      sh.first = int(all.size());
+      sh.norm_first = int(owned.size());
       for (const Segment& s : o.segments_) {  // sorted, disjoint; gaps are bucket padding
-        const int64_t a = std::max(begin, s.lo), e = std::min(begin + size, s.hi);
-        if (a < e) add(off + (a - begin), e - a, s);
+        const int64_t a = std::max(sh.begin, s.lo), e = std::min(sh.begin + sh.size, s.hi);
+        if (a < e) add(a - sh.begin, e - a, s);
       }
+      sh.count = int(all.size()) - sh.first;
+      sh.norm_count = int(owned.size()) - sh.norm_first;
+      shards.push_back(sh);
     }
   }
-  return std::make_unique<CudaOptimizerState>(o.store_, o.reducer_, all, owned);
+  return std::make_unique<CudaOptimizerState>(o.store_, o.reducer_, all, owned, std::move(shards));
 }
 
 }  // namespace braid

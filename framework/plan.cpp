@@ -113,16 +113,14 @@ RankMemoryPlan plan_rank_memory(const TrainConfig& cfg, int dp, int tp_rank, int
   r.param_elems = flat;
   // ParamStore values (+ CudaBackend's bf16 GEMM copy of them).
   r.param_bytes = flat * 4 + (cuda ? flat * 2 : 0);
-  // ParamStore grads (+ GradReducer's reduced shard under ZeRO-1).
-  r.grad_bytes = flat * 4 + (zero ? std::max<int64_t>(shard, 1) * 4 : 0);
+  // ParamStore grads (ZeRO-1 reduce-scatters in place: no second buffer).
+  r.grad_bytes = flat * 4;
   // Optimizer: m and v over the flat buffer or this replica's shard (host vectors on the
-  // CPU; on the GPU tensors of at least one element, plus the fp32 shard of the master
-  // weights under ZeRO-1).
+  // CPU; on the GPU tensors of at least one element).
   if (!cuda) {
     r.optimizer_bytes = 2 * (zero ? shard : flat) * 4;
   } else {
-    const int64_t n = zero ? std::max<int64_t>(shard, 1) : flat;
-    r.optimizer_bytes = 2 * n * 4 + (zero ? n * 4 : 0);
+    r.optimizer_bytes = 2 * (zero ? std::max<int64_t>(shard, 1) : flat) * 4;
   }
 
   ActivationPlanInput in;

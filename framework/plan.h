@@ -6,7 +6,7 @@
 // Where the numbers come from (the real code, run in a mode that allocates nothing):
 //   parameters, gradients  the rank's ParamStore as Gpt::register_params fills it and
 //                          ParamStore::assign_buckets lays it out (bucket padding included);
-//                          ZeRO-1 adds the reducer's shard of reduced gradients
+//                          (ZeRO-1 reduce-scatters the gradients in place)
 //   optimizer              AdamW moments m and v: flat size, or the ZeRO-1 shard
 //   activations            framework/activation_memory.h: a dry run of this stage's
 //                          schedule actions through the model's allocations
@@ -40,8 +40,8 @@ struct RankMemoryPlan {
   int layers = 0;                // transformer blocks held (over all virtual chunks)
   int64_t param_elems = 0;       // flat parameter buffer, bucket padding included
   int64_t param_bytes = 0;       // fp32 values (+ bf16 GEMM copies on CUDA)
-  int64_t grad_bytes = 0;        // fp32 gradients (+ ZeRO-1 reduced shard)
-  int64_t optimizer_bytes = 0;   // AdamW m, v (+ fp32 master shard under ZeRO-1 on CUDA)
+  int64_t grad_bytes = 0;        // fp32 gradients (ZeRO-1 reduces them in place)
+  int64_t optimizer_bytes = 0;   // AdamW m, v (this replica's shard under ZeRO-1)
   int64_t activation_bytes = 0;  // peak during one training step
   int64_t eval_activation_bytes = 0;  // peak during one validation pass
   int peak_in_flight = 0;        // (microbatch, chunk) pairs forwarded, not yet backwarded

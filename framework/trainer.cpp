@@ -60,8 +60,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   for (const Bucket& b : store_.buckets()) ranges.push_back({b.offset, b.size});
   for (int i = 0; i < store_.size(); ++i)
     if (store_[i].spec.name == "wte") wte_bucket_ = store_.bucket_of(i);
-  reducer_ = std::make_unique<GradReducer>(*groups_.dp, store_.flat_grads().f32(), ranges, cfg_.zero == 1,
-                                           backend_->device());
+  reducer_ = std::make_unique<GradReducer>(*groups_.dp, store_.flat_grads().f32(), ranges, cfg_.zero == 1);
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
   ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
   engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);
@@ -227,8 +226,8 @@ StepResult Trainer::train_step() {
   if (groups_.grid.pp > 1 && groups_.in_embed_group && wte_bucket_ >= 0) {
     const Bucket& bk = store_.buckets()[wte_bucket_];
     if (reducer_->zero())
-      groups_.embed->all_reduce(reducer_->shard_grads() + reducer_->shard_offset(wte_bucket_),
-                                reducer_->shard_size(wte_bucket_), DType::F32, ReduceOp::Sum);
+      groups_.embed->all_reduce(reducer_->shard_grads(wte_bucket_), reducer_->shard_size(wte_bucket_), DType::F32,
+                                ReduceOp::Sum);
     else
       groups_.embed->all_reduce(store_.flat_grads().f32() + bk.offset, bk.size, DType::F32, ReduceOp::Sum);
   }
@@ -242,9 +241,8 @@ StepResult Trainer::train_step() {
     inject_nan = groups_.grid.world_rank == 0;
   }
   if (inject_nan && store_.device() == Device::CPU) {
-    float* g = reducer_->zero() ? reducer_->shard_grads() : store_.flat_grads().f32();
-    const int64_t n = reducer_->zero() ? reducer_->shard_total() : store_.flat_size();
-    std::fill(g, g + n, std::numeric_limits<float>::quiet_NaN());
+    float* g = store_.flat_grads().f32();  // under ZeRO-1 the owned shards are in it too
+    std::fill(g, g + store_.flat_size(), std::numeric_limits<float>::quiet_NaN());
   }
   StepResult r;
   r.grad_norm = optimizer_->clip_grad_norm(cfg_.grad_clip);

@@ -39,8 +39,10 @@ class Communicator {
   virtual std::unique_ptr<CommRequest> all_reduce_async(void* buf, int64_t count, DType dtype,
                                                         ReduceOp op) = 0;
   // recv[size * count] = concatenation over ranks (by group rank) of send[count].
+  // In place when send == recv + rank * count (the rank's own block of recv).
   virtual void all_gather(const void* send, void* recv, int64_t count, DType dtype) = 0;
   // recv[count] = the rank's block of the element-wise sum of send[size * count].
+  // In place when recv == send + rank * count; the rest of send is then undefined.
   virtual void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) = 0;
   virtual std::unique_ptr<CommRequest> reduce_scatter_async(const void* send, void* recv,
                                                             int64_t count, DType dtype) = 0;

@@ -120,8 +120,25 @@ std::unique_ptr<CommRequest> MpiCommunicator::all_reduce_async(void* buf, int64_
   return r;
 }
 
+// The in-place forms (communicator.h): all_gather's send is the rank's own block of recv;
+// reduce_scatter's recv is the rank's own block of send. MPI forbids aliased buffers, so
+// they go through MPI_IN_PLACE.
+namespace {
+bool is_own_block(const void* block, const void* whole, int rank, size_t block_bytes) {
+  return block == static_cast<const char*>(whole) + size_t(rank) * block_bytes;
+}
+}  // namespace
+
 void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DType dtype) {
   const size_t bytes = count * dtype_bytes(dtype);
+  if (is_own_block(send, recv, rank_, bytes)) {
+    // Staged: only the own block needs to go in, but the whole buffer comes back out.
+    Staged rv(recv, bytes * size_, true);
+    BRAID_CHECK_MPI(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, rv.ptr(recv), checked_count(count),
+                                  mpi_dtype(dtype), comm_));
+    rv.copy_out();
+    return;
+  }
   Staged s(send, bytes, true), rv(recv, bytes * size_, false);
   BRAID_CHECK_MPI(MPI_Allgather(s.ptr(const_cast<void*>(send)), checked_count(count), mpi_dtype(dtype),
                                 rv.ptr(recv), checked_count(count), mpi_dtype(dtype), comm_));
@@ -130,11 +147,54 @@ void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DT
 
 void MpiCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
   const size_t bytes = count * dtype_bytes(dtype);
+  if (is_own_block(recv, send, rank_, bytes)) {
+    // MPI_IN_PLACE leaves the rank's block at the START of the buffer: move it to its place.
+    Staged s(send, bytes * size_, true);
+    char* base = static_cast<char*>(s.ptr(const_cast<void*>(send)));
+    BRAID_CHECK_MPI(MPI_Reduce_scatter_block(MPI_IN_PLACE, base, checked_count(count), mpi_dtype(dtype),
+                                             mpi_op(ReduceOp::Sum, dtype), comm_));
+    if (s.dev) {
+      device_copy(recv, true, base, false, bytes);
+    } else if (rank_ != 0) {
+      std::memmove(base + size_t(rank_) * bytes, base, bytes);
+    }
+    return;
+  }
   Staged s(send, bytes * size_, true), rv(recv, bytes, false);
   BRAID_CHECK_MPI(MPI_Reduce_scatter_block(s.ptr(const_cast<void*>(send)), rv.ptr(recv), checked_count(count),
                                            mpi_dtype(dtype), mpi_op(ReduceOp::Sum, dtype), comm_));
   rv.copy_out();
 }
+
+namespace {
+// In-place reduce-scatter on host memory: completion moves the rank's block from the
+// buffer's start (where MPI_IN_PLACE leaves it) to its own place.
+class InPlaceReduceScatter : public CommRequest {
+ public:
+  InPlaceReduceScatter(char* base, size_t block_bytes, int rank) : base_(base), bytes_(block_bytes), rank_(rank) {}
+  ~InPlaceReduceScatter() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+    finish();
+  }
+  void wait() override {
+    BRAID_CHECK_MPI(MPI_Wait(&req_, MPI_STATUS_IGNORE));
+    finish();
+  }
+  MPI_Request* get() { return &req_; }
+
+ private:
+  void finish() {
+    if (moved_) return;
+    moved_ = true;
+    if (rank_ != 0) std::memmove(base_ + size_t(rank_) * bytes_, base_, bytes_);
+  }
+  char* base_;
+  size_t bytes_;
+  int rank_;
+  bool moved_ = false;
+  MPI_Request req_ = MPI_REQUEST_NULL;
+};
+}  // namespace
 
 std::unique_ptr<CommRequest> MpiCommunicator::reduce_scatter_async(const void* send, void* recv,
                                                                    int64_t count, DType dtype) {
@@ -142,6 +202,13 @@ std::unique_ptr<CommRequest> MpiCommunicator::reduce_scatter_async(const void* s
   if (is_device_pointer(send) || is_device_pointer(recv)) {
     reduce_scatter(send, recv, count, dtype);
     return r;
+  }
+  const size_t bytes = count * dtype_bytes(dtype);
+  if (is_own_block(recv, send, rank_, bytes)) {
+    auto ip = std::make_unique<InPlaceReduceScatter>(static_cast<char*>(recv) - size_t(rank_) * bytes, bytes, rank_);
+    BRAID_CHECK_MPI(MPI_Ireduce_scatter_block(MPI_IN_PLACE, const_cast<void*>(send), checked_count(count),
+                                              mpi_dtype(dtype), mpi_op(ReduceOp::Sum, dtype), comm_, ip->get()));
+    return ip;
   }
   BRAID_CHECK_MPI(MPI_Ireduce_scatter_block(send, recv, checked_count(count), mpi_dtype(dtype),
                                             mpi_op(ReduceOp::Sum, dtype), comm_, r->get()));

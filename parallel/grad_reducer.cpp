@@ -7,14 +7,13 @@
 namespace braid {
 
 GradReducer::GradReducer(Communicator& dp, float* flat_grads, std::vector<BucketRange> buckets,
-                         bool zero, Device device)
+                         bool zero)
     : dp_(dp), flat_(flat_grads), buckets_(std::move(buckets)), zero_(zero) {
   for (const auto& b : buckets_) {
     BRAID_CHECK(b.size % dp_.size() == 0, "bucket size " << b.size << " not a multiple of DP");
     shard_offsets_.push_back(shard_total_);
     shard_total_ += b.size / dp_.size();
   }
-  if (zero_) shard_grads_ = Tensor({std::max<int64_t>(shard_total_, 1)}, DType::F32, device);
   reset();
 }
 
@@ -28,8 +27,7 @@ void GradReducer::launch(int b) {
   launched_[b] = true;
   const BucketRange& r = buckets_[b];
   if (zero_) {
-    pending_.push_back(dp_.reduce_scatter_async(flat_ + r.offset, shard_grads_.f32() + shard_offsets_[b],
-                                                shard_size(b), DType::F32));
+    pending_.push_back(dp_.reduce_scatter_async(flat_ + r.offset, shard_grads(b), shard_size(b), DType::F32));
   } else if (dp_.size() > 1) {
     pending_.push_back(dp_.all_reduce_async(flat_ + r.offset, r.size, DType::F32, ReduceOp::Sum));
   }

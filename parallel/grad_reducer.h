@@ -6,7 +6,8 @@
 //
 //   plain DP:  all-reduce(sum) of the bucket       -> every replica holds the full sum
 //   ZeRO-1:    reduce-scatter(sum) of the bucket    -> replica d holds the sum of the d-th
-//              1/DP of the bucket, in shard_grads (buckets' shards concatenated in order)
+//              1/DP of the bucket, in place: at that block of the flat gradients (the
+//              rest of the bucket is then undefined). No second gradient buffer.
 //
 // Gradients are already scaled by 1/(tokens in the global batch), so a sum is the mean.
 // Buckets are launched in the same order on every replica (backward runs the same code).
@@ -24,8 +25,7 @@ struct BucketRange {
 
 class GradReducer {
  public:
-  GradReducer(Communicator& dp, float* flat_grads, std::vector<BucketRange> buckets, bool zero,
-              Device device = Device::CPU);
+  GradReducer(Communicator& dp, float* flat_grads, std::vector<BucketRange> buckets, bool zero);
 
   void launch(int bucket);
   bool launched(int bucket) const { return launched_[bucket]; }
@@ -34,13 +34,14 @@ class GradReducer {
   void reset();      // start of a step
 
   bool zero() const { return zero_; }
-  // ZeRO-1: this replica's shard of bucket b is flat range [shard_begin(b), +shard_size(b))
-  // and lives at shard_offset(b) in shard_grads().
+  // ZeRO-1: this replica's shard of bucket b is flat range [shard_begin(b), +shard_size(b)),
+  // whose reduced gradients are at shard_grads(b) (in the flat buffer). Sharded optimizer
+  // state concatenates the shards: bucket b's at shard_offset(b), shard_total() in all.
   int64_t shard_size(int b) const { return buckets_[b].size / dp_.size(); }
   int64_t shard_begin(int b) const { return buckets_[b].offset + dp_.rank() * shard_size(b); }
   int64_t shard_offset(int b) const { return shard_offsets_[b]; }
   int64_t shard_total() const { return shard_total_; }
-  float* shard_grads() { return shard_grads_.f32(); }
+  float* shard_grads(int b) { return flat_ + shard_begin(b); }
   const std::vector<BucketRange>& buckets() const { return buckets_; }
   Communicator& dp() { return dp_; }
 
@@ -53,7 +54,6 @@ class GradReducer {
   std::vector<std::unique_ptr<CommRequest>> pending_;
   std::vector<int64_t> shard_offsets_;
   int64_t shard_total_ = 0;
-  Tensor shard_grads_;  // on the gradients' device
 };
 
 }  // namespace braid

@@ -2,7 +2,7 @@
 // covering TP, sequence parallelism, PP with 1F1B / GPipe / interleaved schedules, DP with
 // ZeRO-1 and their combination, each rank of a real in-process run (the Trainer on the
 // first tp*pp*dp ranks) compares with the plan made from the config alone:
-//   parameters, gradients   exact: the ParamStore's flat buffers (and the ZeRO-1 shard),
+//   parameters, gradients   exact: the ParamStore's flat buffers,
 //                           and the host tensor bytes alive before the first step
 //   optimizer               exact: the AdamW moments the optimizer holds
 //   activations             exact: peak host tensor bytes during a training step (and a
@@ -129,10 +129,10 @@ TEST(MemoryPlan, AgreesWithRealCpuRuns) {
       t.init_or_resume();
       const int64_t persistent = host_memory_stats().live_bytes - before;
       EXPECT_EQ(planned->param_bytes, t.store().flat_values().size_bytes()) << k.name();
-      // Gradients: the flat buffer plus, under ZeRO-1, the reducer's reduced shard; with
-      // the values they are every tensor the trainer holds between steps.
+      // Gradients: the flat buffer alone (ZeRO-1 reduce-scatters into it); with the values
+      // they are every tensor the trainer holds between steps.
       EXPECT_EQ(planned->grad_bytes + planned->param_bytes, persistent) << k.name();
-      if (!k.zero) EXPECT_EQ(planned->grad_bytes, t.store().flat_grads().size_bytes()) << k.name();
+      EXPECT_EQ(planned->grad_bytes, t.store().flat_grads().size_bytes()) << k.name();
       EXPECT_EQ(planned->optimizer_bytes, t.optimizer().host_state_bytes()) << k.name();
 
       for (int step = 0; step < 2; ++step) {
@@ -198,7 +198,7 @@ TEST(MemoryPlan, ParametersMatchTheModelCount) {
   EXPECT_EQ(tensor.ranks[0].param_elems, tensor.ranks[1].param_elems);
   EXPECT_EQ(tensor.ranks[0].param_elems + tensor.ranks[1].param_elems, c.model.num_parameters() + replicated);
   c.tp = 1;
-  // ZeRO-1 over DP 4: gradients gain a quarter shard, the optimizer keeps a quarter.
+  // ZeRO-1 over DP 4: the optimizer keeps a quarter; gradients are reduced in place.
   c.zero = 1;
   c.dp = 4;
   TrainPlan zero = make_train_plan(c, 1);
@@ -206,7 +206,7 @@ TEST(MemoryPlan, ParametersMatchTheModelCount) {
   ASSERT_EQ(zero.ranks.size(), 1u);
   const RankMemoryPlan& z = zero.ranks[0];
   EXPECT_EQ(z.param_elems % 4, 0);  // buckets padded to a multiple of DP
-  EXPECT_EQ(z.grad_bytes, z.param_bytes + z.param_bytes / 4);
+  EXPECT_EQ(z.grad_bytes, z.param_bytes);
   EXPECT_EQ(z.optimizer_bytes, 2 * z.param_bytes / 4);
   EXPECT_EQ(z.world_ranks, (std::vector<int>{0, 1, 2, 3}));
 }
