@@ -197,8 +197,8 @@ StepResult Trainer::train_step() {
   BRAID_CHECK(valid > 0, "global batch has no target tokens");
   const float scale = float(1.0 / double(valid));
 
+  reducer_->reset();  // before zeroing: an in-place reduce-scatter still pending would write into them
   store_.zero_grads();
-  reducer_->reset();
   polls_ = 0;
   double loss_sum = 0;
   try {

@@ -132,10 +132,13 @@ bool is_own_block(const void* block, const void* whole, int rank, size_t block_b
 void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DType dtype) {
   const size_t bytes = count * dtype_bytes(dtype);
   if (is_own_block(send, recv, rank_, bytes)) {
-    // Staged: only the own block needs to go in, but the whole buffer comes back out.
-    Staged rv(recv, bytes * size_, true);
-    BRAID_CHECK_MPI(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, rv.ptr(recv), checked_count(count),
-                                  mpi_dtype(dtype), comm_));
+    // Staged: only the own block goes in; the whole buffer comes back out.
+    Staged rv(recv, bytes * size_, false);
+    if (rv.dev) device_copy(rv.host.data() + size_t(rank_) * bytes, false, send, true, bytes);
+    // The send count and type are ignored with MPI_IN_PLACE, but Open MPI's algorithm
+    // choice reads them: pass the real ones.
+    BRAID_CHECK_MPI(MPI_Allgather(MPI_IN_PLACE, checked_count(count), mpi_dtype(dtype), rv.ptr(recv),
+                                  checked_count(count), mpi_dtype(dtype), comm_));
     rv.copy_out();
     return;
   }
@@ -173,10 +176,11 @@ class InPlaceReduceScatter : public CommRequest {
  public:
   InPlaceReduceScatter(char* base, size_t block_bytes, int rank) : base_(base), bytes_(block_bytes), rank_(rank) {}
   ~InPlaceReduceScatter() override {
-    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
-    finish();
+    // Only a started request moves the block, and only once it has completed.
+    if (req_ != MPI_REQUEST_NULL && MPI_Wait(&req_, MPI_STATUS_IGNORE) == MPI_SUCCESS) finish();
   }
   void wait() override {
+    if (req_ == MPI_REQUEST_NULL) return;  // completed (and moved) already, or never started
     BRAID_CHECK_MPI(MPI_Wait(&req_, MPI_STATUS_IGNORE));
     finish();
   }
@@ -184,14 +188,11 @@ class InPlaceReduceScatter : public CommRequest {
 
  private:
   void finish() {
-    if (moved_) return;
-    moved_ = true;
     if (rank_ != 0) std::memmove(base_ + size_t(rank_) * bytes_, base_, bytes_);
   }
   char* base_;
   size_t bytes_;
   int rank_;
-  bool moved_ = false;
   MPI_Request req_ = MPI_REQUEST_NULL;
 };
 }  // namespace
