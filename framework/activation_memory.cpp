@@ -4,8 +4,9 @@
 // of a buffer), `act(n)` of Backend::activation, `stats(n)` of Backend::stats. Statements
 // that allocate nothing (kernels, collectives in place) are left out.
 //
-// Shapes (gpt.h): B micro-batch, T sequence, Ts local sequence, C width, Cl = C/TP,
-// NHl = heads/TP, Vl = vocabulary rows per TP rank; N = B*T, Ns = B*Ts.
+// Shapes (gpt.h): B micro-batch, T sequence, Ts local sequence, C width, Cl = local
+// attention width (NHl heads), Fl = 4C/TP, NHl = ceil(heads/TP), Vl = vocabulary rows per
+// TP rank; N = B*T, Ns = B*Ts.
 #include "framework/activation_memory.h"
 
 #include <algorithm>
@@ -57,7 +58,8 @@ class DryRun {
     T_ = m.seq_len;
     Ts_ = l.seq_local(m);
     C_ = m.n_embd;
-    Cl_ = C_ / l.tp;
+    Cl_ = l.attn_local(m);
+    Fl_ = l.mlp_local(m);
     NHl_ = l.heads_local(m);
     Vl_ = l.vocab_per_rank(m);
     N_ = int64_t(B_) * T_;
@@ -127,7 +129,8 @@ class DryRun {
   const ActivationPlanInput& in_;
   bool recompute_gelu_ = false;  // in_.recompute_gelu, off while a layer is recomputed
   Tracker mem_;
-  int B_, T_, Ts_, C_, Cl_, NHl_;
+  int B_, T_, Ts_, C_, NHl_;
+  int64_t Cl_, Fl_;
   int64_t Vl_, N_, Ns_, act_bytes_;
   bool sp_;
 };
@@ -150,8 +153,8 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
   a.ln2_mean = stats(Ns_);
   a.ln2_rstd = stats(Ns_);
   to_full_seq(a.ln2, a.ln2_full);
-  a.fch = act(N_ * 4 * Cl_);
-  Buf gelu_out = act(N_ * 4 * Cl_);
+  a.fch = act(N_ * Fl_);
+  Buf gelu_out = act(N_ * Fl_);
   if (!recompute_gelu_) a.fch_gelu = gelu_out;
   Buf fc_partial = act(N_ * C_), fcproj;
   partial_to_local(fc_partial, fcproj);
@@ -163,11 +166,11 @@ void DryRun::layer_backward(LayerActs& a, Buf& dx) {
   Buf dres2 = dx;
   Buf dpartial;
   grad_to_partial(dx, dpartial);
-  Buf dfch = act(N_ * 4 * Cl_);  // Backend::matmul_backward_gelu writes it (no d(GELU out))
+  Buf dfch = act(N_ * Fl_);  // Backend::matmul_backward_gelu writes it (no d(GELU out))
   {
     Buf gelu_out = std::move(a.fch_gelu);
     a.fch_gelu.reset();
-    if (!gelu_out) gelu_out = act(N_ * 4 * Cl_);  // recomputed
+    if (!gelu_out) gelu_out = act(N_ * Fl_);  // recomputed
   }
   Buf dln2_full = act(N_ * C_), dln2;
   grad_from_full_seq(dln2_full, dln2);

@@ -20,7 +20,7 @@ void Gpt::register_params(ParamStore& store, bool /*unused*/) {
   store_ = &store;
   const int C = cfg_.n_embd, T = cfg_.seq_len, L = cfg_.n_layer;
   const int tp = layout_.tp, r = layout_.tp_rank;
-  const int Cl = C / tp;
+  const int Cl = int(layout_.attn_local(cfg_)), Fl = int(layout_.mlp_local(cfg_));  // padded heads: Cl*tp >= C
   const bool sp = layout_.sequence_parallel;
   const float resid_std = 0.02f / std::sqrt(2.0f * L);
   auto replicated = [&](std::string name, Shape shape, InitKind init, float std, bool wd) {
@@ -88,9 +88,9 @@ void Gpt::register_params(ParamStore& store, bool /*unused*/) {
       lp.projb = replicated(p + "attn.proj.b", {C}, InitKind::Zeros, 0, false);
       lp.ln2w = replicated(p + "ln2.w", {C}, InitKind::Ones, 0, false);
       lp.ln2b = replicated(p + "ln2.b", {C}, InitKind::Zeros, 0, false);
-      lp.fcw = sharded(p + "mlp.fc.w", {4 * C, C}, 0, 4 * Cl, InitKind::Normal, 0.02f, true);
-      lp.fcb = sharded(p + "mlp.fc.b", {4 * C}, 0, 4 * Cl, InitKind::Zeros, 0, false);
-      lp.fcprojw = sharded(p + "mlp.proj.w", {C, 4 * C}, 1, 4 * Cl, InitKind::Normal, resid_std, true);
+      lp.fcw = sharded(p + "mlp.fc.w", {4 * C, C}, 0, Fl, InitKind::Normal, 0.02f, true);
+      lp.fcb = sharded(p + "mlp.fc.b", {4 * C}, 0, Fl, InitKind::Zeros, 0, false);
+      lp.fcprojw = sharded(p + "mlp.proj.w", {C, 4 * C}, 1, Fl, InitKind::Normal, resid_std, true);
       lp.fcprojb = replicated(p + "mlp.proj.b", {C}, InitKind::Zeros, 0, false);
       ch.layers.push_back(lp);
     }
@@ -169,7 +169,8 @@ void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
 
 void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
-  const int Cl = C / layout_.tp, NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
+  const int Cl = int(layout_.attn_local(cfg_)), Fl = int(layout_.mlp_local(cfg_));
+  const int NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
   const bool rank0 = layout_.tp_rank == 0;
   a.input = x;
@@ -191,12 +192,12 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   a.ln2_rstd = be_.stats({Ns});
   be_.residual_layernorm_forward(a.res2, a.ln2, a.ln2_mean, a.ln2_rstd, x, proj, lp.ln2w, lp.ln2b);
   to_full_seq(a.ln2, a.ln2_full);
-  a.fch = be_.activation({B_, T, 4 * Cl});
-  Tensor gelu_out = be_.activation({B_, T, 4 * Cl});
-  be_.matmul_gelu_forward(a.fch, gelu_out, a.ln2_full, lp.fcw, lp.fcb, N, C, 4 * Cl);
+  a.fch = be_.activation({B_, T, Fl});
+  Tensor gelu_out = be_.activation({B_, T, Fl});
+  be_.matmul_gelu_forward(a.fch, gelu_out, a.ln2_full, lp.fcw, lp.fcb, N, C, Fl);
   if (!recompute_gelu_) a.fch_gelu = gelu_out;  // else freed below, recomputed in backward
   Tensor fc_partial = be_.activation({B_, T, C}), fcproj;
-  be_.matmul_forward(fc_partial, gelu_out, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, 4 * Cl, C);
+  be_.matmul_forward(fc_partial, gelu_out, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, Fl, C);
   partial_to_local(fc_partial, fcproj);
   out = be_.activation({B_, Ts, C});
   be_.residual_forward(out, a.res2, fcproj);
@@ -205,7 +206,8 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
 void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
                          bool last_mb, const FinalFn& final_fn) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
-  const int Cl = C / layout_.tp, NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
+  const int Cl = int(layout_.attn_local(cfg_)), Fl = int(layout_.mlp_local(cfg_));
+  const int NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
   auto done = [&](std::initializer_list<int> ids) {
     if (last_mb)
@@ -217,20 +219,20 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   be_.bias_backward(dx, lp.fcprojb, Ns, C);
   Tensor dpartial;
   grad_to_partial(dx, dpartial);
-  Tensor dfch = be_.activation({B_, T, 4 * Cl});  // d(fc out), through GELU
+  Tensor dfch = be_.activation({B_, T, Fl});  // d(fc out), through GELU
   {
     Tensor gelu_out = std::move(a.fch_gelu);
     a.fch_gelu = Tensor{};
     if (!gelu_out.defined()) {  // --recompute gelu
-      gelu_out = be_.activation({B_, T, 4 * Cl});
+      gelu_out = be_.activation({B_, T, Fl});
       be_.gelu_forward(gelu_out, a.fch);
     }
     // fc's bias gradient (sum of dfch) comes with it: in the GEMM's epilogue on the GPU.
-    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, lp.fcb, N, 4 * Cl, C);
+    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, lp.fcb, N, Fl, C);
   }
   done({lp.fcprojb, lp.fcprojw});
   Tensor dln2_full = be_.activation({B_, T, C}), dln2;
-  column_parallel_backward(dfch, a.ln2_full, lp.fcw, -1, N, C, 4 * Cl, dln2_full, dln2);
+  column_parallel_backward(dfch, a.ln2_full, lp.fcw, -1, N, C, Fl, dln2_full, dln2);
   done({lp.fcw, lp.fcb});
   be_.layernorm_backward_accumulate(dres2, dln2, a.res2, lp.ln2w, lp.ln2b, a.ln2_mean, a.ln2_rstd);
   done({lp.ln2w, lp.ln2b});

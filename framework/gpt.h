@@ -6,7 +6,8 @@
 // schedule decides how many are alive at once.
 //
 // Shapes: B micro-batch, T sequence, Ts local sequence (T/TP with sequence parallelism,
-// else T), C width, Cl = C/TP, NHl = heads/TP, Vl = vocabulary rows per TP rank.
+// else T), C width, NHl = ceil(heads/TP) (padding heads on the last ranks when TP does
+// not divide them), Cl = NHl x head size, Fl = 4C/TP, Vl = vocabulary rows per TP rank.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -39,7 +40,7 @@ struct LayerActivations {
   Tensor qkv, att, atty;         // [B,T,3Cl], backend's saved state, [B,T,Cl]
   Tensor res2;                   // [B,Ts,C] after attention residual
   Tensor ln2, ln2_mean, ln2_rstd, ln2_full;
-  Tensor fch, fch_gelu;          // [B,T,4Cl] (fch_gelu undefined with --recompute gelu)
+  Tensor fch, fch_gelu;          // [B,T,Fl] (fch_gelu undefined with --recompute gelu)
 };
 
 struct ChunkActivations {

@@ -38,8 +38,10 @@ ModelLayout make_model_layout(const ModelConfig& m, int tp, int tp_rank, int pp,
                                                      << " transformer blocks supported");
   BRAID_REQUIRE(m.n_embd % m.n_head == 0,
                 "--width " << m.n_embd << " is not divisible by --heads " << m.n_head);
-  BRAID_REQUIRE(m.n_head % tp == 0, "--heads " << m.n_head << " is not divisible by --tp " << tp
-                                               << ": attention heads are split across TP ranks");
+  // Heads need not divide by TP: each rank holds ceil(heads / TP), the last ones padded
+  // with zero heads (ModelLayout::heads_local).
+  BRAID_REQUIRE(m.n_head >= tp, "--tp " << tp << " is more than the " << m.n_head
+                                        << " attention heads (--heads) it splits");
   BRAID_REQUIRE((int64_t{4} * m.n_embd) % tp == 0,  // int64: --width is untrusted (fuzzing found 4 x 2^30)
                 "the MLP width 4 x --width = " << int64_t{4} * m.n_embd << " is not divisible by --tp " << tp);
   BRAID_REQUIRE(virtual_stages >= 1, "--virtual-stages must be >= 1");

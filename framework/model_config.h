@@ -30,7 +30,15 @@ struct ModelLayout {
   int total_chunks() const { return pp * virtual_stages; }
   int global_chunk(int local_chunk) const { return local_chunk * pp + pp_rank; }
   int first_layer_of(int global_chunk) const;
-  int heads_local(const ModelConfig& m) const { return m.n_head / tp; }
+  // Attention heads per TP rank: ceil(heads / TP). When TP does not divide the heads, the
+  // last rank(s) hold zero "padding" heads (zero weights, zero outputs, zero gradients,
+  // never saved), as the vocabulary is padded: GPT-2 1.5B's 25 heads run on TP 2 as 13 +
+  // (12 + 1 padding), on TP 8 as 4 x 6 + (1 + 3) + (0 + 4). The step time follows the
+  // largest rank, so padding costs nothing beyond the imbalance. attn_local is their
+  // width, the local rows of q, k and v.
+  int heads_local(const ModelConfig& m) const { return (m.n_head + tp - 1) / tp; }
+  int64_t attn_local(const ModelConfig& m) const { return int64_t(heads_local(m)) * m.head_size(); }
+  int64_t mlp_local(const ModelConfig& m) const { return int64_t{4} * m.n_embd / tp; }
   int64_t vocab_per_rank(const ModelConfig& m) const { return (m.vocab_padded() + tp - 1) / tp; }
   int64_t vocab_start(const ModelConfig& m) const { return vocab_per_rank(m) * tp_rank; }
   int seq_local(const ModelConfig& m) const { return sequence_parallel ? m.seq_len / tp : m.seq_len; }

@@ -245,7 +245,7 @@ TEST(MemoryPlan, OneFOneBHoldsFewerMicrobatchesThanGPipe) {
 TEST(MemoryPlan, ReportsEveryFailingCheckAtOnce) {
   TrainConfig c = plan_only_config();
   c.lr = -1;                 // options
-  c.tp = 3;                  // heads 8 not divisible by 3
+  c.tp = 3;                  // MLP width 4 x 64 not divisible by 3
   c.pp = 16;                 // 8 layers < 16 stages
   c.schedule = "interleaved";  // needs --virtual-stages >= 2
   TrainPlan p = make_train_plan(c, 48);
@@ -257,7 +257,7 @@ TEST(MemoryPlan, ReportsEveryFailingCheckAtOnce) {
   EXPECT_TRUE(p.ranks.empty());
   const std::string text = format_train_plan(p);
   EXPECT_NE(text.find("--lr must be a positive number"), std::string::npos) << text;
-  EXPECT_NE(text.find("--heads 8 is not divisible by --tp 3"), std::string::npos) << text;
+  EXPECT_NE(text.find("the MLP width 4 x --width = 256 is not divisible by --tp 3"), std::string::npos) << text;
   EXPECT_NE(text.find("--layers 8 is fewer than --pp 16"), std::string::npos) << text;
   EXPECT_NE(text.find("--virtual-stages >= 2"), std::string::npos) << text;
   EXPECT_FALSE(train_plan_json(p)["ok"].get<bool>());

@@ -78,8 +78,9 @@ case_dataset_larger_vocab() {
 # --- layouts and options -----------------------------------------------------------------
 case_world_not_divisible() { expect_error $CASE 3 "not divisible by --tp 2" --data "$DATA" --out "$WORK/o" $M --tp 2; }
 case_heads_vs_tp() {
-  expect_error $CASE 2 "--heads 3 is not divisible by --tp 2" --data "$DATA" --out "$WORK/o" \
-    --layers 2 --heads 3 --width 48 --seq-len 16 --steps 2 --tp 2
+  # Heads need not divide by TP (padding heads), but every TP rank needs at least one.
+  expect_error $CASE 2 "--tp 2 is more than the 1 attention heads (--heads) it splits" --data "$DATA" \
+    --out "$WORK/o" --layers 2 --heads 1 --width 48 --seq-len 16 --steps 2 --tp 2
 }
 case_layers_vs_pp() {
   expect_error $CASE 4 "fewer than --pp 4" --data "$DATA" --out "$WORK/o" $M --pp 4 --grad-accum 4

@@ -39,7 +39,7 @@ timeout 60 $MPIRUN -n 1 "$BIN/braid-train" --plan --layers 3 --heads 4 --width 3
   --schedule interleaved --lr -1 >"$out" 2>&1
 rc=$?
 missing=""
-for msg in "FAIL  options: --lr must be a positive number" "FAIL  tensor parallel: --heads 4 is not divisible by --tp 3" \
+for msg in "FAIL  options: --lr must be a positive number" "FAIL  tensor parallel: the MLP width 4 x --width = 128 is not divisible by --tp 3" \
            "FAIL  pipeline split: --layers 3 is fewer than --pp 4" "FAIL  schedule: --schedule=interleaved needs --virtual-stages >= 2" \
            "no memory plan"; do
   grep -qF -- "$msg" "$out" || missing="$missing [$msg]"

@@ -264,6 +264,32 @@ TEST_F(LayoutEquivalence, FullRecomputationIsTheStoredRunBitForBit) {
   }
 }
 
+// TP that does not divide the heads: 3 heads of 16 on TP 2 are 2 + (1 + 1 padding head).
+// The padding head's weights are zero, its output and every gradient through it exactly
+// zero, and the checkpoint holds only the real heads: every layout must match one rank.
+TEST_F(LayoutEquivalence, HeadsThatTpDoesNotDivideMatchOneRank) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world < 4) GTEST_SKIP() << "needs 4 ranks (has " << world << ")";
+  if (skip()) GTEST_SKIP() << "BRAID_TEST_NCCL=1 needs BRAID_TEST_DEVICE=cuda and a GPU per rank (" << world
+                           << " ranks, " << gpu_count() << " GPUs)";
+  auto config = [&](const Layout& l, const std::string& out) {
+    TrainConfig c = layout_config(l, data_, out);
+    c.model.n_head = 3;
+    c.model.n_embd = 48;
+    return c;
+  };
+  TrainConfig rc = config(Layout{}, test::temp_dir("layout_heads3_ref"));
+  rc.loss_chunk_mib = 0;
+  rc.recompute = "none";
+  const test::RunResult ref = test::run_on_ranks(rc, 1);
+  ASSERT_EQ(ref.losses.size(), size_t(rc.steps));
+  EXPECT_LT(ref.losses.back(), ref.losses.front() - 0.05);
+  for (const Layout& l : std::vector<Layout>{{.tp = 2}, {.tp = 2, .sp = true}, {.tp = 2, .pp = 2},
+                                             {.tp = 2, .dp = 2, .zero = 1}})
+    expect_matches_reference(l, config(l, test::temp_dir("layout_heads3_" + l.name())), ref);
+}
+
 // The eight-GPU layouts (TP x PP x DP in {8x1x1, 4x2x1, 2x2x2, 2x4x1 interleaved,
 // 1x1x8 ZeRO-1}) need a model that TP 8 and 8 interleaved chunks divide: 8 heads of 8,
 // 8 layers. Same data, own one-rank reference.
