@@ -76,9 +76,9 @@ class DryRun {
   Buf act(int64_t elems) { return alloc(elems * act_bytes_); }
   Buf stats(int64_t elems) { return alloc(elems * 4); }
 
-  // tp_mappings.cpp: the sequence gather / reduce-scatter repack through a scratch of
-  // TP blocks of [B, Ts, C], alive for the duration of the call (SP implies TP > 1).
-  void seq_scratch() { Buf scratch = act(N_ * C_); }
+  // tp_mappings.cpp: the sequence all-gather / reduce-scatter run directly between the
+  // local block and the full tensor (no scratch).
+  void seq_scratch() {}
   void to_full_seq(const Buf& local, Buf& full) {
     if (!sp_) {
       full = local;

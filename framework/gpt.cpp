@@ -5,6 +5,7 @@
 // the replicated bias is added.
 #include "framework/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -115,7 +116,7 @@ void Gpt::to_full_seq(const Tensor& local, Tensor& full) {
     return;
   }
   full = be_.activation({B_, cfg_.seq_len, cfg_.n_embd});
-  tp_gather_seq(tp_, local, full, B_, cfg_.seq_len);
+  tp_gather_seq(tp_, local, full);
 }
 
 void Gpt::grad_from_full_seq(Tensor& dfull, Tensor& dlocal) {
@@ -125,15 +126,21 @@ void Gpt::grad_from_full_seq(Tensor& dfull, Tensor& dlocal) {
     return;
   }
   dlocal = be_.activation({B_, layout_.seq_local(cfg_), cfg_.n_embd});
-  tp_reduce_scatter_seq(tp_, dfull, dlocal, B_, cfg_.seq_len);
+  tp_reduce_scatter_seq(tp_, dfull, dlocal);
 }
 
 void Gpt::column_parallel_backward(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
                                    int OC, Tensor& dfull, Tensor& dlocal) {
   be_.matmul_backward_input(dfull, dout, w, N, IC, OC);
   if (layout_.sequence_parallel) {
+    // The reduce-scatter of dfull overlaps the weight gradient's GEMM, as the all-reduce
+    // below does without SP.
+    dlocal = be_.activation({B_, layout_.seq_local(cfg_), cfg_.n_embd});
+    std::unique_ptr<CommRequest> scatter =
+        tp_.size() > 1 ? tp_.reduce_scatter_async(dfull.raw(), dlocal.raw(), dlocal.numel(), dfull.dtype()) : nullptr;
+    if (!scatter) dlocal.copy_from(dfull);
     be_.matmul_backward_weight(dout, inp, w, bias, N, IC, OC);
-    grad_from_full_seq(dfull, dlocal);
+    if (scatter) scatter->wait();
     return;
   }
   // copy_to_tp backward: the all-reduce of dfull runs on the TP group's stream (NCCL) or
@@ -151,7 +158,7 @@ void Gpt::partial_to_local(Tensor& partial_full, Tensor& out_local) {
     return;
   }
   out_local = be_.activation({B_, layout_.seq_local(cfg_), cfg_.n_embd});
-  tp_reduce_scatter_seq(tp_, partial_full, out_local, B_, cfg_.seq_len);
+  tp_reduce_scatter_seq(tp_, partial_full, out_local);
 }
 
 void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
@@ -160,7 +167,7 @@ void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
     return;
   }
   dfull = be_.activation({B_, cfg_.seq_len, cfg_.n_embd});
-  tp_gather_seq(tp_, dlocal, dfull, B_, cfg_.seq_len);
+  tp_gather_seq(tp_, dlocal, dfull);
 }
 
 // ---- one transformer block -----------------------------------------------------------
@@ -265,14 +272,22 @@ void Gpt::embedding_forward(const ModelChunk& ch, ChunkActivations& acts, Tensor
   Tensor partial = be_.activation({B_, T, C});
   be_.embedding_forward(partial, acts.tokens, ch.wte);
   partial_to_local(partial, out);  // vocab-parallel: each shard contributes its rows
-  int pos_offset = layout_.sequence_parallel ? layout_.tp_rank * Ts : 0;
-  be_.position_forward(out, ch.wpe, B_, Ts, pos_offset);
+  // Without SP the B whole samples; with SP this rank's block of the B*T token rows.
+  const int64_t rows = int64_t(B_) * Ts;
+  for (const PositionRun& run : position_runs(layout_.sequence_parallel ? layout_.tp_rank * rows : 0, rows, T)) {
+    Tensor x = out.view(run.row * C, {run.samples, run.len, C});
+    be_.position_forward(x, ch.wpe, run.samples, run.len, run.pos);
+  }
 }
 
 void Gpt::embedding_backward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& dx) {
-  const int Ts = layout_.seq_local(cfg_);
-  int pos_offset = layout_.sequence_parallel ? layout_.tp_rank * Ts : 0;
-  be_.position_backward(dx, ch.wpe, B_, Ts, pos_offset);
+  const int C = cfg_.n_embd, Ts = layout_.seq_local(cfg_);
+  const int64_t rows = int64_t(B_) * Ts;
+  for (const PositionRun& run : position_runs(layout_.sequence_parallel ? layout_.tp_rank * rows : 0, rows,
+                                              cfg_.seq_len)) {
+    const Tensor d = dx.view(run.row * C, {run.samples, run.len, C});
+    be_.position_backward(d, ch.wpe, run.samples, run.len, run.pos);
+  }
   Tensor dfull;
   grad_to_partial(dx, dfull);
   be_.embedding_backward(dfull, acts.tokens, ch.wte);

@@ -84,4 +84,27 @@ int64_t loss_chunk_rows(int64_t budget_bytes, int64_t N, int64_t Vl, int elem_by
   return std::min(rows, std::max<int64_t>(N, 1));
 }
 
+std::vector<PositionRun> position_runs(int64_t first_row, int64_t rows, int T) {
+  std::vector<PositionRun> runs;
+  int64_t r = first_row, local = 0;
+  const int64_t end = first_row + rows;
+  while (r < end) {
+    const int t = int(r % T);
+    PositionRun run;
+    run.row = local;
+    run.pos = t;
+    if (t == 0 && end - r >= T) {  // whole samples
+      run.samples = int((end - r) / T);
+      run.len = T;
+    } else {  // part of one sample
+      run.samples = 1;
+      run.len = int(std::min<int64_t>(T - t, end - r));
+    }
+    runs.push_back(run);
+    r += int64_t(run.samples) * run.len;
+    local += int64_t(run.samples) * run.len;
+  }
+  return runs;
+}
+
 }  // namespace braid

@@ -44,6 +44,18 @@ struct ModelLayout {
   int seq_local(const ModelConfig& m) const { return sequence_parallel ? m.seq_len / tp : m.seq_len; }
 };
 
+// Token rows [first_row, first_row + rows) of a [B, T] batch (flat row = b * T + t) as
+// runs of consecutive positions, in row order: whole samples merged into one run, a
+// partial sample at either end its own. Used to add position embeddings to a sequence-
+// parallel block, which may start and end inside a sample.
+struct PositionRun {
+  int64_t row = 0;  // first row of the run, relative to first_row
+  int samples = 0;  // samples in the run (> 1 only when whole)
+  int len = 0;      // positions per sample
+  int pos = 0;      // first position
+};
+std::vector<PositionRun> position_runs(int64_t first_row, int64_t rows, int T);
+
 // Rows of the LM head and loss computed at once when the loss is chunked (--loss-chunk-mib):
 // as many as keep one chunk's logits [rows, Vl] within budget_bytes (at least one row),
 // rounded down to a multiple of 128 (GEMM tiles) when there are more than 128; 0 budget =

@@ -174,13 +174,22 @@ void Trainer::load_batch(int64_t position, DataLoader& loader, int microbatches,
 
 void Trainer::on_param_final(int i) {
   Param& p = store_[i];
-  // Sequence parallelism: each TP rank saw only its sequence slice, so replicated
-  // parameters' gradients are partial sums over the TP group.
-  if (p.spec.sp_partial_grad && groups_.grid.tp > 1)
-    groups_.tp->all_reduce(p.grad.raw(), p.grad.numel(), DType::F32, ReduceOp::Sum);
   int b = store_.bucket_of(i);
+  // Sequence parallelism: each TP rank saw only its sequence slice, so replicated
+  // parameters' gradients are partial sums over the TP group. The all-reduce runs while
+  // the backward goes on (NCCL's stream, or a non-blocking MPI call); the bucket's DP
+  // reduction waits for it (launch_bucket).
+  if (p.spec.sp_partial_grad && groups_.grid.tp > 1)
+    sp_pending_[size_t(b)].push_back(
+        groups_.tp->all_reduce_async(p.grad.raw(), p.grad.numel(), DType::F32, ReduceOp::Sum));
   Bucket& bk = store_.buckets()[b];
-  if (--bk.pending == 0 && b != wte_bucket_) reducer_->launch(b);
+  if (--bk.pending == 0 && b != wte_bucket_) launch_bucket(b);
+}
+
+void Trainer::launch_bucket(int b) {
+  for (auto& r : sp_pending_[size_t(b)]) r->wait();
+  sp_pending_[size_t(b)].clear();
+  reducer_->launch(b);
 }
 
 StepResult Trainer::train_step() {
@@ -198,6 +207,8 @@ StepResult Trainer::train_step() {
   const float scale = float(1.0 / double(valid));
 
   reducer_->reset();  // before zeroing: an in-place reduce-scatter still pending would write into them
+  for (auto& v : sp_pending_) v.clear();  // (empty after a completed step; waits otherwise)
+  sp_pending_.resize(store_.buckets().size());
   store_.zero_grads();
   polls_ = 0;
   double loss_sum = 0;
@@ -210,7 +221,7 @@ StepResult Trainer::train_step() {
     // gradients are dropped; parameters, optimizer state, step and data position are
     // still those of the last completed step.
     for (size_t b = 0; b < store_.buckets().size(); ++b)
-      if (!reducer_->launched(int(b))) reducer_->launch(int(b));
+      if (!reducer_->launched(int(b))) launch_bucket(int(b));
     reducer_->wait_all();
     throw;
   }
@@ -221,7 +232,7 @@ StepResult Trainer::train_step() {
   // The tied embedding is final only now (its bucket is alone): reduce it over DP, then
   // sum the first and last stage's copies.
   for (size_t b = 0; b < store_.buckets().size(); ++b)
-    if (!reducer_->launched(int(b))) reducer_->launch(int(b));
+    if (!reducer_->launched(int(b))) launch_bucket(int(b));
   reducer_->wait_all();
   if (groups_.grid.pp > 1 && groups_.in_embed_group && wte_bucket_ >= 0) {
     const Bucket& bk = store_.buckets()[wte_bucket_];

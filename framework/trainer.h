@@ -73,6 +73,7 @@ class Trainer {
                   std::vector<std::vector<int32_t>>& tokens,
                   std::vector<std::vector<int32_t>>& targets);
   void on_param_final(int i);
+  void launch_bucket(int b);  // the bucket's DP reduction, after its SP all-reduces
   void use_nccl_where_possible();
   void log_step(const StepResult& r, std::optional<double> val_loss);
   StopRequest agree_stop();  // collective over the world
@@ -92,6 +93,8 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<PipelineEngine> engine_;
   int wte_bucket_ = -1;
+  // Sequence parallelism: the replicated parameters' TP all-reduces in flight, per bucket.
+  std::vector<std::vector<std::unique_ptr<CommRequest>>> sp_pending_;
   int64_t step_ = 0, data_position_ = 0;
   std::vector<double> losses_;
   bool metrics_ok_ = true;  // the last metrics.jsonl append succeeded (rank 0)

@@ -8,9 +8,6 @@ void* device_alloc(size_t bytes);
 void device_free(void* p);
 void device_memset_zero(void* p, size_t bytes);
 void device_copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t bytes);
-// `height` rows of `width` bytes, device to device, rows `dpitch` / `spitch` bytes apart:
-// one copy call (ordered like device_copy) where a loop would issue `height`.
-void device_copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height);
 bool cuda_available();
 }  // namespace braid
 

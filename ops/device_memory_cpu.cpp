@@ -11,7 +11,6 @@ void* device_alloc(size_t) {
 void device_free(void*) {}
 void device_memset_zero(void*, size_t) { device_alloc(0); }
 void device_copy(void*, bool, const void*, bool, size_t) { device_alloc(0); }
-void device_copy_2d(void*, size_t, const void*, size_t, size_t, size_t) { device_alloc(0); }
 bool cuda_available() { return false; }
 }  // namespace braid
 

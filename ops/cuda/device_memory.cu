@@ -140,11 +140,6 @@ void device_copy(void* dst, bool dst_on_device, const void* src, bool src_on_dev
   BRAID_CHECK_CUDA(cudaMemcpy(dst, src, bytes, kind));
 }
 
-void device_copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height) {
-  if (width == 0 || height == 0) return;
-  BRAID_CHECK_CUDA(cudaMemcpy2D(dst, dpitch, src, spitch, width, height, cudaMemcpyDeviceToDevice));
-}
-
 bool cuda_available() {
   // No driver or no device: an error code, never an exception.
   int count = 0;

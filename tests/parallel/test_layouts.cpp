@@ -288,6 +288,16 @@ TEST_F(LayoutEquivalence, HeadsThatTpDoesNotDivideMatchOneRank) {
   for (const Layout& l : std::vector<Layout>{{.tp = 2}, {.tp = 2, .sp = true}, {.tp = 2, .pp = 2},
                                              {.tp = 2, .dp = 2, .zero = 1}})
     expect_matches_reference(l, config(l, test::temp_dir("layout_heads3_" + l.name())), ref);
+  // Sequence parallelism over micro-batches of 2 and 4 samples: each TP rank's block of
+  // token rows is then one or two whole samples (micro-batch 1 above: half a sample).
+  // Blocks that start or end inside a sample are covered by test_position_runs.
+  for (int mb : {2, 4}) {
+    const Layout l{.tp = 2, .sp = true};
+    TrainConfig c = config(l, test::temp_dir("layout_heads3_mb" + std::to_string(mb) + "_" + l.name()));
+    c.micro_batch = mb;
+    c.grad_accum = 8 / mb;
+    expect_matches_reference(l, c, ref);
+  }
 }
 
 // The eight-GPU layouts (TP x PP x DP in {8x1x1, 4x2x1, 2x2x2, 2x4x1 interleaved,
