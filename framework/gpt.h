@@ -118,8 +118,8 @@ class Gpt {
   void grad_from_full_seq(Tensor& dfull, Tensor& dlocal);  // dlocal += reduce(dfull)
   // Input gradient of a column-parallel GEMM (W: [OC, IC]) with its TP reduction
   // overlapping the weight gradient's GEMM: dfull = dout @ W, the reduction of dfull
-  // started, dW (and dbias) accumulated, the reduction completed into dlocal. Under
-  // sequence parallelism the reduce-scatter runs after the weight gradient, unoverlapped.
+  // started, dW (and dbias) accumulated, the reduction completed into dlocal (an
+  // all-reduce, or under sequence parallelism a reduce-scatter into the local block).
   void column_parallel_backward(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
                                 int OC, Tensor& dfull, Tensor& dlocal);
   void partial_to_local(Tensor& partial_full, Tensor& out_local);

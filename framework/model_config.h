@@ -36,7 +36,7 @@ struct ModelLayout {
   // (12 + 1 padding), on TP 8 as 4 x 6 + (1 + 3) + (0 + 4). The step time follows the
   // largest rank, so padding costs nothing beyond the imbalance. attn_local is their
   // width, the local rows of q, k and v.
-  int heads_local(const ModelConfig& m) const { return (m.n_head + tp - 1) / tp; }
+  int heads_local(const ModelConfig& m) const { return int((int64_t(m.n_head) + tp - 1) / tp); }  // int64: untrusted flags
   int64_t attn_local(const ModelConfig& m) const { return int64_t(heads_local(m)) * m.head_size(); }
   int64_t mlp_local(const ModelConfig& m) const { return int64_t{4} * m.n_embd / tp; }
   int64_t vocab_per_rank(const ModelConfig& m) const { return (m.vocab_padded() + tp - 1) / tp; }

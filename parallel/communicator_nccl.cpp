@@ -68,11 +68,11 @@ class NcclCommunicator : public Communicator {
       : mpi_(std::move(mpi)), compute_(compute), name_(mpi_->name() + "/nccl") {
     // The group's own stream, at the highest priority: a bucket's all-reduce queued behind
     // another group's collective, or starved by compute kernels, would not overlap. It is
-    // non-blocking: a legacy default-stream copy (tensor copies, the sequence-parallel
-    // repacks) would otherwise wait for a gradient bucket in flight on it. Every order it
-    // needs is explicit: it waits for the compute stream by an event before each
-    // collective, and compute waits for it by another (after(), or the request's wait()),
-    // so host reads after compute see its results.
+    // non-blocking: a legacy default-stream copy (tensor copies) would otherwise wait for
+    // a gradient bucket in flight on it. Every order it needs is explicit: it waits for
+    // the compute stream by an event before each collective, and compute waits for it by
+    // another (after(), or the request's wait()), so host reads after compute see its
+    // results.
     int least = 0, greatest = 0;
     BRAID_CHECK_CUDART(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     BRAID_CHECK_CUDART(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));

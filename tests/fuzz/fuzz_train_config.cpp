@@ -35,8 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                                  cfg.virtual_stages, cfg.sequence_parallel, cfg.pp_layers);
     // What validation promises to the code after it.
     if (int64_t(cfg.tp) * cfg.pp > world || world % (cfg.tp * cfg.pp) != 0) __builtin_trap();
-    // Heads need not divide by TP (padding heads), but every rank gets one, and the MLP
-    // splits evenly.
+    // Heads need not divide by TP (padding heads; a rank may hold only padding, as with
+    // 25 heads on TP 8), but there are at least TP of them, and the MLP splits evenly.
     if (cfg.model.n_head < cfg.tp || cfg.model.n_embd % cfg.model.n_head != 0) __builtin_trap();
     if ((int64_t{4} * cfg.model.n_embd) % cfg.tp != 0) __builtin_trap();
     if (int64_t(layout.heads_local(cfg.model)) * cfg.tp < cfg.model.n_head) __builtin_trap();
