@@ -61,6 +61,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   for (int i = 0; i < store_.size(); ++i)
     if (store_[i].spec.name == "wte") wte_bucket_ = store_.bucket_of(i);
   reducer_ = std::make_unique<GradReducer>(*groups_.dp, store_.flat_grads().f32(), ranges, cfg_.zero == 1);
+  sp_pending_.resize(store_.buckets().size());
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
   ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
   engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);
@@ -208,7 +209,6 @@ StepResult Trainer::train_step() {
 
   reducer_->reset();  // before zeroing: an in-place reduce-scatter still pending would write into them
   for (auto& v : sp_pending_) v.clear();  // (empty after a completed step; waits otherwise)
-  sp_pending_.resize(store_.buckets().size());
   store_.zero_grads();
   polls_ = 0;
   double loss_sum = 0;
