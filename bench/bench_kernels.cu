@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/cuda/column_reduce.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/runtime.h"
@@ -225,6 +226,19 @@ int main(int argc, char** argv) {
                    median_ms([&] { layernorm_backward(b, dw, db, scratch, a, res, w, mean, rstd, N,
                                                       C, true, st); }, st),
                    4 * act);
+      // Its two parts: the row pass alone (no partial sums written) and the column pass
+      // over the per-block partials [blocks, 2C] f32 (bytes: the partials read).
+      report_bytes("  layernorm bwd row pass only (no dw, db)",
+                   median_ms([&] { layernorm_backward(b, nullptr, nullptr, scratch, a, res, w, mean, rstd,
+                                                      N, C, true, st); }, st),
+                   4 * act);
+      {
+        const int64_t partial_rows = int64_t(layernorm_backward_scratch_bytes(N, C) / (2 * C * sizeof(float)));
+        report_bytes("  column sums of the per-block partials",
+                     median_ms([&] { column_finalize(dw, db, C, static_cast<const float*>(scratch), partial_rows,
+                                                     2 * C, st); }, st),
+                     double(partial_rows) * 2 * C * 4);
+      }
       bf16* h = random_bf16(N * 4 * C, 23);
       bf16* g = random_bf16(N * 4 * C, 24);
       report_bytes("gelu fwd (N x 4C)",

@@ -10,6 +10,10 @@
 //   --peak-tflops X (989)                     the MFU denominator per GPU (H100/H200 bf16 dense)
 //   --json FILE                               also append the result as one JSON line
 //   --label TEXT                              a name for the run in the output
+//   --profile N (0)                           after the timed steps, N more steps with every
+//                                             op timed on its stream (ops/profiler.h): prints
+//                                             ms per step by op, rank 0's and the slowest
+//                                             rank's idle time, and adds them to the JSON
 // Without --data, rank 0 writes random tokens to a temporary dataset first.
 //   mpirun -np 2 build/bin/braid-bench --preset gpt2-350m --device cuda --tp 2 --micro-batch 16
 //
@@ -37,6 +41,7 @@
 
 #include "framework/trainer.h"
 #include "launch/lib/entry.h"
+#include "ops/profiler.h"
 #include "parallel/collective_check.h"
 #ifdef BRAID_HAVE_CUDA
 #include "ops/cuda/runtime.h"
@@ -47,7 +52,7 @@ namespace {
 
 struct BenchOptions {
   std::string preset, json, label;
-  int warmup = 5, steps = 20;
+  int warmup = 5, steps = 20, profile = 0;
   double peak_tflops = 989;
 };
 
@@ -90,6 +95,8 @@ std::vector<std::string> split_args(int argc, char** argv, BenchOptions& o) {
       o.warmup = to_int("--warmup", value("--warmup"));
     } else if (is("--bench-steps")) {
       o.steps = std::max(1, to_int("--bench-steps", value("--bench-steps")));
+    } else if (is("--profile")) {
+      o.profile = to_int("--profile", value("--profile"));
     } else if (is("--peak-tflops")) {
       o.peak_tflops = std::stod(value("--peak-tflops"));
     } else if (is("--json")) {
@@ -150,7 +157,8 @@ int main(int argc, char** argv) {
     int world = 1, rank = 0;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    cfg.steps = o.warmup + o.steps;
+    cfg.steps = o.warmup + o.steps + o.profile;
+    cfg.profile_ops = o.profile > 0;
     cfg.save_every = 0;
     cfg.eval_every = 0;
     cfg.resume = "none";
@@ -166,7 +174,7 @@ int main(int argc, char** argv) {
     run_collectively(*groups.world, [&] { trainer.init_or_resume(); });
     std::vector<double> times;
     double last_loss = 0;
-    for (int s = 0; s < cfg.steps; ++s) {
+    for (int s = 0; s < o.warmup + o.steps; ++s) {
       StepResult r = trainer.train_step();
       // Every rank's step ends at the same host collectives (loss and norm all-reduces);
       // the slowest rank's time is the step's time.
@@ -174,6 +182,18 @@ int main(int argc, char** argv) {
       if (s >= o.warmup) times.push_back(t);
       last_loss = r.loss;
     }
+    // Profiled steps (not in the timed figures: the marks cost a little host time per op).
+    prof::Report profile;
+    double profiled_seconds = 0;
+    if (o.profile > 0) {
+      prof::start(trainer.backend().cuda_compute_stream());
+      for (int s = 0; s < o.profile; ++s) {
+        StepResult r = trainer.train_step();
+        profiled_seconds += max_over_world(r.seconds);
+      }
+      profile = prof::collect();
+    }
+    const double idle_max = max_over_world(profile.idle_ms / std::max(1, o.profile));
     std::vector<double> sorted = times;
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted[sorted.size() / 2];
@@ -217,6 +237,20 @@ int main(int argc, char** argv) {
       std::printf("  MFU = tok/s x (6N + 12LTC) / (%d GPUs x %.0f TFLOP/s), N = %.1fM, L = %d, T = %d, C = %d; HFU uses "
                   "14LTC (attention backward recomputes QK^T); %d warm-up + %d timed steps\n",
                   world, o.peak_tflops, N / 1e6, m.n_layer, m.seq_len, m.n_embd, o.warmup, o.steps);
+      if (o.profile > 0) {
+        const double n = o.profile;
+        std::printf("  profile, rank 0, mean of %d steps after the timed ones (%.2f ms/step wall): each op timed on "
+                    "the %s from its first to its last work; idle = between ops (host launches and syncs, "
+                    "copies on other streams)\n    %9s %7s %7s  %s\n",
+                    o.profile, profiled_seconds / n * 1e3, cfg.device == "cuda" ? "compute stream" : "host clock",
+                    "ms/step", "share", "calls", "op");
+        for (const prof::Entry& e : profile.entries)
+          std::printf("    %9.3f %6.1f%% %7.1f  %s\n", e.ms / n, 100 * e.ms / profile.span_ms, e.calls / n, e.name.c_str());
+        std::printf("    %9.3f %6.1f%% %7s  idle (slowest rank %.3f ms/step)\n    %9.3f %6.1f%% %7s  span, first to last "
+                    "mark\n",
+                    profile.idle_ms / n, 100 * profile.idle_ms / profile.span_ms, "", idle_max,
+                    profile.span_ms / n, 100.0, "");
+      }
       std::fflush(stdout);
       if (!o.json.empty()) {
         nlohmann::json j;
@@ -241,6 +275,14 @@ int main(int argc, char** argv) {
         j["hfu"] = hfu;
         j["peak_allocator_gib"] = reserved / (1 << 30);
         j["peak_device_gib"] = used / (1 << 30);
+        if (o.profile > 0) {
+          nlohmann::json pj;
+          for (const prof::Entry& e : profile.entries)
+            pj.push_back({{"op", e.name}, {"ms_per_step", e.ms / o.profile}, {"calls_per_step", double(e.calls) / o.profile}});
+          j["profile"] = pj;
+          j["profile_idle_ms_per_step"] = profile.idle_ms / o.profile;
+          j["profile_span_ms_per_step"] = profile.span_ms / o.profile;
+        }
         std::ofstream(o.json, std::ios::app) << j.dump() << "\n";
       }
     }

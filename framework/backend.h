@@ -63,14 +63,15 @@ class Backend {
     residual_forward(residual, a, b);
     layernorm_forward(ln, mean, rstd, residual, w, bias);
   }
-  // The backward of out = GELU(pre) @ W^T with inp = GELU(pre): dpre (overwritten) =
-  // (dout @ W) * GELU'(pre); dW += dout^T inp; when pre_bias >= 0 (the bias of the layer
-  // that produced pre), its gradient += sum_n dpre. On the GPU the GELU derivative and that
-  // bias gradient are in the GEMM's epilogue. dpre doubles as the GEMM's output, so no
-  // separate d(GELU out) exists.
+  // The backward of out = GELU(pre) @ W^T (+ bias) with inp = GELU(pre): dpre
+  // (overwritten) = (dout @ W) * GELU'(pre); dW += dout^T inp; when bias >= 0, its
+  // gradient += sum_n dout (on the GPU in the dW GEMM's epilogue); when pre_bias >= 0 (the
+  // bias of the layer that produced pre), its gradient += sum_n dpre. On the GPU the GELU
+  // derivative (and, where cuBLASLt offers it, that bias gradient) is in the dinp GEMM's
+  // epilogue. dpre doubles as the GEMM's output, so no separate d(GELU out) exists.
   virtual void matmul_backward_gelu(Tensor& dpre, const Tensor& dout, const Tensor& inp, const Tensor& pre, int w,
-                                    int pre_bias, int64_t N, int IC, int OC) {
-    matmul_backward(&dpre, dout, inp, w, -1, N, IC, OC);
+                                    int bias, int pre_bias, int64_t N, int IC, int OC) {
+    matmul_backward(&dpre, dout, inp, w, bias, N, IC, OC);
     gelu_backward(dpre, pre, dpre);  // elementwise, in place
     if (pre_bias >= 0) bias_backward(dpre, pre_bias, N, IC);
   }
@@ -104,6 +105,8 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
+// Every op of `inner` inside a prof::Scope named after it (ops/profiler.h).
+std::unique_ptr<Backend> make_profiling_backend(std::unique_ptr<Backend> inner);
 // Throws if this build has no CUDA backend. device_index: the GPU this rank drives.
 std::unique_ptr<Backend> make_cuda_backend(int device_index, bool cudnn_attention = false,
                                            bool gemm_autotune = false);

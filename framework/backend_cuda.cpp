@@ -85,10 +85,16 @@ class CudaBackend final : public Backend {
                           N, IC, OC, false, s());
   }
   void matmul_backward_gelu(Tensor& dpre, const Tensor& dout, const Tensor& inp, const Tensor& pre, int w,
-                            int pre_bias, int64_t N, int IC, int OC) override {
+                            int bias, int pre_bias, int64_t N, int IC, int OC) override {
     void* sc = pre_bias >= 0 ? scratch(cuda::matmul_backward_dgelu_scratch_bytes(N, IC)) : nullptr;
-    cuda::matmul_backward_dgelu(ctx_.gemm(), b(dpre), g(w), pre_bias >= 0 ? g(pre_bias) : nullptr, sc, cb(dout),
-                                cb(inp), wb(w), cb(pre), N, IC, OC, s());
+    // With its own bias the dW GEMM runs here, its bias gradient in the BGRADB epilogue
+    // (scratch reused in stream order after the dinp GEMM's).
+    cuda::matmul_backward_dgelu(ctx_.gemm(), b(dpre), bias >= 0 ? nullptr : g(w),
+                                pre_bias >= 0 ? g(pre_bias) : nullptr, sc, cb(dout), cb(inp), wb(w), cb(pre), N, IC,
+                                OC, s());
+    if (bias >= 0)
+      cuda::matmul_backward(ctx_.gemm(), nullptr, g(w), g(bias), scratch(cuda::bias_backward_scratch_bytes(N, OC)),
+                            cb(dout), cb(inp), wb(w), N, IC, OC, false, s());
   }
   void bias_backward(const Tensor& dout, int bias, int64_t N, int C) override {
     cuda::bias_backward(g(bias), scratch(cuda::bias_backward_scratch_bytes(N, C)), cb(dout), N, C, s());

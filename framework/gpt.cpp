@@ -223,7 +223,12 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   // MLP half: out = res2 + FcProj(GELU(Fc(LN2(res2)))). The residual gradient is dx
   // itself: every read of dx below comes before the layernorm backward adds into it.
   Tensor dres2 = dx;
-  be_.bias_backward(dx, lp.fcprojb, Ns, C);
+  // The row-parallel layers' bias gradients: the sum of the output gradient. Without SP
+  // it is the GEMM input dpartial itself, so the dW GEMMs below add it (cuBLASLt's BGRADB
+  // epilogue on the GPU: no pass of its own); with SP, from this rank's rows here (the
+  // trainer all-reduces the replicated parameters' gradients over TP).
+  const bool sp = layout_.sequence_parallel;
+  if (sp) be_.bias_backward(dx, lp.fcprojb, Ns, C);
   Tensor dpartial;
   grad_to_partial(dx, dpartial);
   Tensor dfch = be_.activation({B_, T, Fl});  // d(fc out), through GELU
@@ -238,7 +243,7 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
     // gradient (the sum of dfch) comes from fc's weight-gradient GEMM below (cuBLASLt's
     // BGRADB epilogue on the GPU, which the H200's cuBLASLt offers where DGELU_BGRAD is
     // not: a separate pass over dfch otherwise, 1-1.5% of the step).
-    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, -1, N, Fl, C);
+    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, sp ? -1 : lp.fcprojb, -1, N, Fl, C);
   }
   done({lp.fcprojb, lp.fcprojw});
   Tensor dln2_full = be_.activation({B_, T, C}), dln2;
@@ -249,10 +254,10 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
 
   // Attention half: res2 = x + Proj(Attn(LN1(x))); the input gradient is dres2 itself.
   Tensor dinp = dres2;
-  be_.bias_backward(dres2, lp.projb, Ns, C);
+  if (sp) be_.bias_backward(dres2, lp.projb, Ns, C);
   grad_to_partial(dres2, dpartial);
   Tensor datty = be_.activation({B_, T, Cl});
-  be_.matmul_backward(&datty, dpartial, a.atty, lp.projw, -1, N, Cl, C);
+  be_.matmul_backward(&datty, dpartial, a.atty, lp.projw, sp ? -1 : lp.projb, N, Cl, C);
   done({lp.projb, lp.projw});
   Tensor dqkv = be_.activation({B_, T, 3 * Cl});
   be_.attention_backward(dqkv, datty, a.qkv, a.atty, a.att, B_, T, NHl, HS);

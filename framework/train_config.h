@@ -44,6 +44,7 @@ struct TrainConfig {
   std::string device = "cpu";       // cpu | cuda
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
   bool gemm_autotune = false;       // time cuBLASLt's candidates per GEMM shape (CUDA)
+  bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
   double loss_chunk_mib = 256;      // logits budget of the chunked LM head + loss; 0 = unchunked
   int local_device = 0;             // GPU of this rank (set by the entry point)

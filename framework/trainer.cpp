@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "framework/run_directory.h"
+#include "ops/profiler.h"
 #include "parallel/collective_check.h"
 #include "parallel/communicator_nccl.h"
 #include "parallel/ledger_communicator.h"
@@ -47,6 +48,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
     validate_schedule_spec(spec);
   });
   backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device, cfg_.attention == "cudnn", cfg_.gemm_autotune) : make_cpu_backend();
+  if (cfg_.profile_ops) backend_ = make_profiling_backend(std::move(backend_));
   if (cfg_.device == "cuda") use_nccl_where_possible();
   model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch, *backend_);
   model_->set_loss_chunk_bytes(cfg_.loss_chunk_bytes());
@@ -209,7 +211,10 @@ StepResult Trainer::train_step() {
 
   reducer_->reset();  // before zeroing: an in-place reduce-scatter still pending would write into them
   for (auto& v : sp_pending_) v.clear();  // (empty after a completed step; waits otherwise)
-  store_.zero_grads();
+  {
+    prof::Scope p("zero gradients");
+    store_.zero_grads();
+  }
   polls_ = 0;
   double loss_sum = 0;
   try {
@@ -231,9 +236,12 @@ StepResult Trainer::train_step() {
               "pipeline engine polled " << polls_ << " times for " << stop_check_after_.size() << " actions");
   // The tied embedding is final only now (its bucket is alone): reduce it over DP, then
   // sum the first and last stage's copies.
-  for (size_t b = 0; b < store_.buckets().size(); ++b)
-    if (!reducer_->launched(int(b))) launch_bucket(int(b));
-  reducer_->wait_all();
+  {
+    prof::Scope p("gradient reduction: last buckets, wait for all");
+    for (size_t b = 0; b < store_.buckets().size(); ++b)
+      if (!reducer_->launched(int(b))) launch_bucket(int(b));
+    reducer_->wait_all();
+  }
   if (groups_.grid.pp > 1 && groups_.in_embed_group && wte_bucket_ >= 0) {
     const Bucket& bk = store_.buckets()[wte_bucket_];
     if (reducer_->zero())
@@ -256,7 +264,10 @@ StepResult Trainer::train_step() {
     std::fill(g, g + store_.flat_size(), std::numeric_limits<float>::quiet_NaN());
   }
   StepResult r;
-  r.grad_norm = optimizer_->clip_grad_norm(cfg_.grad_clip);
+  {
+    prof::Scope p("gradient norm and clip");
+    r.grad_norm = optimizer_->clip_grad_norm(cfg_.grad_clip);
+  }
   if (inject_nan && store_.device() != Device::CPU) r.grad_norm = std::numeric_limits<double>::quiet_NaN();
   r.lr = learning_rate(cfg_, step_);
 
@@ -271,7 +282,10 @@ StepResult Trainer::train_step() {
   r.skipped = agree_step_is_bad(!std::isfinite(r.loss) || !std::isfinite(r.grad_norm));
   if (!r.skipped) {
     AdamWConfig ac{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay, cfg_.grad_clip};
-    optimizer_->step(r.lr, ac);
+    {
+      prof::Scope p("AdamW");
+      optimizer_->step(r.lr, ac);
+    }
     backend_->refresh_weights();  // bf16 compute copies on the GPU (no-op on CPU)
     bad_in_row_ = 0;
     good_step_since_rollback_ = true;

@@ -58,6 +58,7 @@ class Trainer {
   Optimizer& optimizer() { return *optimizer_; }
   const Optimizer& optimizer() const { return *optimizer_; }
   Gpt& model() { return *model_; }
+  Backend& backend() { return *backend_; }
   const TrainConfig& config() const { return cfg_; }
   const std::vector<double>& losses() const { return losses_; }
   int64_t data_position() const { return data_position_; }

@@ -108,7 +108,7 @@ class MpiCommunicator : public Communicator {
 
  private:
   MPI_Comm comm_;
-  std::string name_;
+  std::string name_, prof_label_;
   int rank_ = 0, size_ = 1;
 };
 

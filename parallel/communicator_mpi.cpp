@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ops/device_memory.h"
+#include "ops/profiler.h"
 
 #include "parallel/communicator.h"
 #include "parallel/ledger_communicator.h"
@@ -77,7 +78,10 @@ class MpiRequest : public CommRequest {
   ~MpiRequest() override {
     if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
   }
-  void wait() override { BRAID_CHECK_MPI(MPI_Wait(&req_, MPI_STATUS_IGNORE)); }
+  void wait() override {
+    prof::Scope p("wait for an MPI request");
+    BRAID_CHECK_MPI(MPI_Wait(&req_, MPI_STATUS_IGNORE));
+  }
   MPI_Request* get() { return &req_; }
 
  private:
@@ -86,7 +90,7 @@ class MpiRequest : public CommRequest {
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name)
-    : comm_(comm), name_(std::move(name)) {
+    : comm_(comm), name_(std::move(name)), prof_label_("MPI " + name_) {
   BRAID_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
   BRAID_CHECK_MPI(MPI_Comm_size(comm_, &size_));
   // Errors come back as return codes (checked) rather than aborting inside MPI.
@@ -101,6 +105,7 @@ MpiCommunicator::~MpiCommunicator() {
 
 void MpiCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) {
   if (size_ == 1) return;
+  prof::Scope p(prof_label_);
   Staged st(buf, count * dtype_bytes(dtype), true);
   BRAID_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, st.ptr(buf), checked_count(count), mpi_dtype(dtype),
                                 mpi_op(op, dtype), comm_));
@@ -130,6 +135,7 @@ bool is_own_block(const void* block, const void* whole, int rank, size_t block_b
 }  // namespace
 
 void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DType dtype) {
+  prof::Scope p(prof_label_);
   const size_t bytes = count * dtype_bytes(dtype);
   if (is_own_block(send, recv, rank_, bytes)) {
     // Staged: only the own block goes in; the whole buffer comes back out.
@@ -149,6 +155,7 @@ void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DT
 }
 
 void MpiCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
+  prof::Scope p(prof_label_);
   const size_t bytes = count * dtype_bytes(dtype);
   if (is_own_block(recv, send, rank_, bytes)) {
     // MPI_IN_PLACE leaves the rank's block at the START of the buffer: move it to its place.

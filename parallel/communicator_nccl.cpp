@@ -5,11 +5,13 @@
 #include <cstring>
 #include <exception>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "ops/device_memory.h"
+#include "ops/profiler.h"
 #include "parallel/mpi_check.h"
 
 #ifdef BRAID_HAVE_CUDA
@@ -219,6 +221,7 @@ class NcclCommunicator : public Communicator {
     BRAID_CHECK_CUDART(cudaStreamWaitEvent(c.stream, c.ready, 0));
     BRAID_CHECK_NCCL(ncclRecv(buf, size_t(count) * mult(dtype), nccl_dtype(dtype), c.peer, c.comm, c.stream));
     BRAID_CHECK_CUDART(cudaEventRecord(c.done, c.stream));
+    prof::Scope p("wait for pipeline receive");
     BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, c.done, 0));
   }
 
@@ -232,6 +235,7 @@ class NcclCommunicator : public Communicator {
   }
   void after() {
     BRAID_CHECK_CUDART(cudaEventRecord(comm_done_, comm_stream_));
+    prof::Scope p(wait_label_);
     BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, comm_done_, 0));
   }
   // after(), deferred to the request's wait(): an event marking this collective's end.
@@ -239,12 +243,12 @@ class NcclCommunicator : public Communicator {
     cudaEvent_t done = nullptr;
     BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
     BRAID_CHECK_CUDART(cudaEventRecord(done, comm_stream_));
-    return std::make_unique<StreamRequest>(done, compute_);
+    return std::make_unique<StreamRequest>(done, compute_, &wait_label_);
   }
 
   std::unique_ptr<Communicator> mpi_;
   cudaStream_t compute_, comm_stream_;
-  std::string name_;
+  std::string name_, wait_label_ = "wait for " + name_;
   ncclComm_t comm_ = nullptr;
   cudaEvent_t compute_done_ = nullptr, comm_done_ = nullptr;
 
@@ -258,19 +262,23 @@ class NcclCommunicator : public Communicator {
   // compute (which may reuse or read the buffer) waits for that kernel, and only for it.
   class StreamRequest : public CommRequest {
    public:
-    StreamRequest(cudaEvent_t sent, cudaStream_t compute) : sent_(sent), compute_(compute) {}
+    StreamRequest(cudaEvent_t sent, cudaStream_t compute, const std::string* label = nullptr)
+        : sent_(sent), compute_(compute), label_(label) {}
     ~StreamRequest() override {
       if (!waited_) cudaStreamWaitEvent(compute_, sent_, 0);  // never free a buffer under a send
       cudaEventDestroy(sent_);  // released once the recorded work completes
     }
     void wait() override {
       waited_ = true;
+      std::optional<prof::Scope> p;
+      if (label_ && prof::active()) p.emplace(*label_);
       BRAID_CHECK_CUDART(cudaStreamWaitEvent(compute_, sent_, 0));
     }
 
    private:
     cudaEvent_t sent_;
     cudaStream_t compute_;
+    const std::string* label_;  // the communicator's wait label (collectives), null for sends
     bool waited_ = false;
   };
   std::map<P2PChannel, Channel> channels_;

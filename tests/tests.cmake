@@ -29,6 +29,7 @@ set_tests_properties(test_layouts_cuda_nccl_np2 PROPERTIES TIMEOUT 600 LABELS "m
                      ENVIRONMENT "${BRAID_TEST_ENV};BRAID_TEST_DEVICE=cuda;BRAID_TEST_NCCL=1")
 braid_mpi_test(test_rank_grid 8 120)
 braid_mpi_test(test_collectives 3 60)
+braid_mpi_test(test_profiler 2 120)
 braid_mpi_test(test_stop_request 2 300)
 braid_mpi_test(test_cuda_training 2 300 cuda)
 # Eight GPUs (the nvidia-h200-x8 host; both skip with fewer GPUs than ranks): every layout
