@@ -103,6 +103,13 @@ class DryRun {
     out_local = act(Ns_ * C_);
     seq_scratch();
   }
+  // Gpt::row_parallel_forward: the full partial sums live only inside the call (under SP
+  // the result is a new local block; otherwise it is the partial buffer itself, in row
+  // blocks or not).
+  void row_parallel_forward(Buf& out_local) {
+    Buf partial = act(N_ * C_);
+    partial_to_local(partial, out_local);
+  }
   void grad_to_partial(const Buf& dlocal, Buf& dfull) {
     if (!sp_) {
       dfull = dlocal;
@@ -146,8 +153,8 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
   a.atty = act(N_ * Cl_);
   // Backend::attention_forward: CPU saves the probabilities, CUDA the log-sum-exp (f32).
   a.att = in_.cuda ? stats(int64_t(B_) * NHl_ * T_) : alloc(int64_t(B_) * NHl_ * T_ * T_ * 4);
-  Buf proj_partial = act(N_ * C_), proj;
-  partial_to_local(proj_partial, proj);
+  Buf proj;
+  row_parallel_forward(proj);
   a.res2 = act(Ns_ * C_);
   a.ln2 = act(Ns_ * C_);
   a.ln2_mean = stats(Ns_);
@@ -156,8 +163,8 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
   a.fch = act(N_ * Fl_);
   Buf gelu_out = act(N_ * Fl_);
   if (!recompute_gelu_) a.fch_gelu = gelu_out;
-  Buf fc_partial = act(N_ * C_), fcproj;
-  partial_to_local(fc_partial, fcproj);
+  Buf fcproj;
+  row_parallel_forward(fcproj);
   out = act(Ns_ * C_);
 }
 

@@ -100,6 +100,9 @@ class Backend {
   // Logits of one row as host floats (sampling).
   virtual std::vector<float> row_to_host(const Tensor& x, int64_t row, int64_t width) = 0;
   virtual void synchronize() {}
+  // The bf16 copy of the flat parameters that the GEMMs read (refresh_weights writes it;
+  // the optimizer may instead, Optimizer::set_bf16_copy); null on the CPU.
+  virtual void* bf16_weight_copy() { return nullptr; }
   // The compute stream as a cudaStream_t on the GPU; null on the CPU.
   virtual void* cuda_compute_stream() { return nullptr; }
 };

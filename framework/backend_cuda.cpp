@@ -27,6 +27,7 @@ class CudaBackend final : public Backend {
     weights_ = Tensor::empty({store.flat_size()}, DType::BF16, Device::CUDA);
     refresh_weights();
   }
+  void* bf16_weight_copy() override { return weights_.raw(); }
   void refresh_weights() override {
     cuda::convert(weights_.data<bf16>(), store_->flat_values().f32(), store_->flat_size(), s());
   }

@@ -161,6 +161,27 @@ void Gpt::partial_to_local(Tensor& partial_full, Tensor& out_local) {
   tp_reduce_scatter_seq(tp_, partial_full, out_local);
 }
 
+void Gpt::row_parallel_forward(const Tensor& inp, int w, int bias, int64_t N, int IC, int OC, Tensor& out_local) {
+  Tensor partial = be_.activation({B_, cfg_.seq_len, OC});
+  const int64_t chunks = std::min<int64_t>(tp_comm_chunks_, N);
+  if (chunks <= 1 || tp_.size() == 1 || layout_.sequence_parallel) {
+    be_.matmul_forward(partial, inp, w, bias, N, IC, OC);
+    partial_to_local(partial, out_local);
+    return;
+  }
+  // Row blocks of 8-row multiples (16-byte aligned views for any OC, IC), the last takes the rest.
+  const int64_t rows = (N / chunks + 7) / 8 * 8;
+  std::vector<std::unique_ptr<CommRequest>> pending;
+  for (int64_t r0 = 0; r0 < N; r0 += rows) {
+    const int64_t n = std::min(rows, N - r0);
+    Tensor out_rows = partial.view(r0 * OC, {n, OC});
+    be_.matmul_forward(out_rows, inp.view(r0 * IC, {n, IC}), w, bias, n, IC, OC);
+    pending.push_back(tp_.all_reduce_async(out_rows.raw(), n * OC, partial.dtype(), ReduceOp::Sum));
+  }
+  for (auto& p : pending) p->wait();
+  out_local = partial;
+}
+
 void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
   if (!layout_.sequence_parallel) {
     dfull = dlocal;  // reduce_from_tp backward: identity
@@ -190,9 +211,8 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   be_.matmul_forward(a.qkv, a.ln1_full, lp.qkvw, lp.qkvb, N, C, 3 * Cl);
   a.atty = be_.activation({B_, T, Cl});
   be_.attention_forward(a.atty, a.att, a.qkv, B_, T, NHl, HS);
-  Tensor proj_partial = be_.activation({B_, T, C}), proj;
-  be_.matmul_forward(proj_partial, a.atty, lp.projw, rank0 ? lp.projb : -1, N, Cl, C);
-  partial_to_local(proj_partial, proj);
+  Tensor proj;
+  row_parallel_forward(a.atty, lp.projw, rank0 ? lp.projb : -1, N, Cl, C, proj);
   a.res2 = be_.activation({B_, Ts, C});
   a.ln2 = be_.activation({B_, Ts, C});
   a.ln2_mean = be_.stats({Ns});
@@ -203,9 +223,8 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   Tensor gelu_out = be_.activation({B_, T, Fl});
   be_.matmul_gelu_forward(a.fch, gelu_out, a.ln2_full, lp.fcw, lp.fcb, N, C, Fl);
   if (!recompute_gelu_) a.fch_gelu = gelu_out;  // else freed below, recomputed in backward
-  Tensor fc_partial = be_.activation({B_, T, C}), fcproj;
-  be_.matmul_forward(fc_partial, gelu_out, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, Fl, C);
-  partial_to_local(fc_partial, fcproj);
+  Tensor fcproj;
+  row_parallel_forward(gelu_out, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, Fl, C, fcproj);
   out = be_.activation({B_, Ts, C});
   be_.residual_forward(out, a.res2, fcproj);
 }

@@ -103,6 +103,11 @@ class Gpt {
   // included) right before its backward. One more forward of the layers per step, for
   // activations of one layer instead of all (Megatron's full activation checkpointing).
   void set_recompute_layers(bool on) { recompute_layers_ = on; }
+  // Tensor parallelism without SP: each row-parallel GEMM of the forward (attention's
+  // output projection, the MLP's second layer) runs in `chunks` row blocks, each block's
+  // all-reduce started as soon as its GEMM is done, so that it overlaps the next block's
+  // GEMM (1 = one GEMM, then one blocking all-reduce).
+  void set_tp_comm_chunks(int chunks) { tp_comm_chunks_ = chunks; }
 
  private:
   void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out);
@@ -123,6 +128,9 @@ class Gpt {
   void column_parallel_backward(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
                                 int OC, Tensor& dfull, Tensor& dlocal);
   void partial_to_local(Tensor& partial_full, Tensor& out_local);
+  // out_local = reduce(inp @ W^T + bias on TP rank 0): the row-parallel layer's forward,
+  // in tp_comm_chunks_ overlapped row blocks where that applies.
+  void row_parallel_forward(const Tensor& inp, int w, int bias, int64_t N, int IC, int OC, Tensor& out_local);
   void grad_to_partial(const Tensor& dlocal, Tensor& dfull);
 
 
@@ -136,6 +144,7 @@ class Gpt {
   int64_t loss_chunk_bytes_ = 0;
   bool recompute_gelu_ = false;
   bool recompute_layers_ = false;
+  int tp_comm_chunks_ = 1;
 };
 
 }  // namespace braid

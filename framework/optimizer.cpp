@@ -91,6 +91,11 @@ double Optimizer::clip_grad_norm(float max_norm) {
   return norm;
 }
 
+void Optimizer::set_bf16_copy(void* copy) {
+  if (dev_ && !reducer_.zero()) dev_->bf16_copy = copy;
+}
+bool Optimizer::writes_bf16_copy() const { return dev_ && dev_->bf16_copy != nullptr; }
+
 void Optimizer::step(float lr, const AdamWConfig& cfg) {
   ++t_;
   if (dev_) {

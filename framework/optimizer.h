@@ -27,6 +27,12 @@ class Optimizer {
   // that is < 1 (torch.nn.utils.clip_grad_norm_). max_norm <= 0 disables clipping.
   double clip_grad_norm(float max_norm);
   void step(float lr, const AdamWConfig& cfg);
+  // A bf16 copy of the flat parameters (the CUDA backend's GEMM weights, null elsewhere):
+  // where step() can write it in the same pass (on the GPU without ZeRO-1, whose updated
+  // parameters arrive by all-gather afterwards), it does and writes_bf16_copy() is true,
+  // so the caller need not convert the parameters again.
+  void set_bf16_copy(void* copy);
+  bool writes_bf16_copy() const;
 
   int64_t steps_taken() const { return t_; }
   // Bytes of the moments held in host memory (the CPU path; 0 when they live on the GPU).

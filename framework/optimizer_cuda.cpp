@@ -96,8 +96,8 @@ struct CudaOptimizerState : Optimizer::DeviceState {
     cuda::AdamWConfig cfg{lr, c.beta1, c.beta2, c.eps, c.weight_decay, t};
     float* values = store.flat_values().f32();
     if (!zero) {
-      cuda::adamw_update(values, nullptr, store.flat_grads().f32(), m.f32(), v.f32(), seg_table(0), nsegs, total, cfg,
-                         nullptr, nullptr);
+      cuda::adamw_update(values, static_cast<cuda::bf16*>(bf16_copy), store.flat_grads().f32(), m.f32(), v.f32(),
+                         seg_table(0), nsegs, total, cfg, nullptr, nullptr);
       return;
     }
     const auto& buckets = reducer.buckets();

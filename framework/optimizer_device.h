@@ -14,6 +14,8 @@ struct Optimizer::DeviceState {
   virtual double sum_squares_owned() = 0;  // this rank's norm-owned gradient elements
   virtual void scale_grads(float s) = 0;
   virtual void step(float lr, const AdamWConfig& cfg, int64_t t) = 0;
+  // The bf16 copy of the flat parameters that step() also writes (null: none).
+  void* bf16_copy = nullptr;
   virtual void get_moments(std::vector<float>& m, std::vector<float>& v) = 0;
   virtual void set_moments(const std::vector<float>& m, const std::vector<float>& v) = 0;
 };

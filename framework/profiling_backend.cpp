@@ -139,6 +139,7 @@ class ProfilingBackend final : public Backend {
   }
   void synchronize() override { in_->synchronize(); }
   void* cuda_compute_stream() override { return in_->cuda_compute_stream(); }
+  void* bf16_weight_copy() override { return in_->bf16_weight_copy(); }
 
  private:
   std::unique_ptr<Backend> in_;

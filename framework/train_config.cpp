@@ -81,6 +81,7 @@ po::options_description train_options(TrainConfig& c) {
     ("device", po::value(&c.device)->default_value("cpu"), "cpu | cuda (bf16 compute, fp32 master weights; one GPU per node-local rank)")
     ("attention", po::value(&c.attention)->default_value("braid"), "CUDA attention: braid (Braid's flash kernel) | cudnn")
     ("gemm-autotune", po::bool_switch(&c.gemm_autotune), "CUDA: time up to 8 of cuBLASLt's candidate algorithms at each GEMM shape's first call and keep the fastest (default: the heuristic's first; with autotuning the choice, and so the low bits of results, may differ between runs)")
+    ("tp-comm-chunks", po::value(&c.tp_comm_chunks)->default_value(1), "tensor parallelism without --sequence-parallel: the forward's row-parallel GEMMs (attention output projection, MLP output) run in this many row blocks, each block's all-reduce overlapping the next block's GEMM (1 = one GEMM, then its all-reduce)")
     ("loss-chunk-mib", po::value(&c.loss_chunk_mib)->default_value(256), "LM head and loss over row chunks whose logits take at most this many MiB; a training forward runs the head's backward chunk by chunk, so the [tokens, vocab] logits never exist whole (0 = one logits tensor kept until backward)")
     ("recompute", po::value(&c.recompute)->default_value("gelu"), "activations recomputed in the backward instead of stored: gelu (GELU's output, one elementwise pass per layer; saves a quarter of each layer's activations) | full (each layer keeps only its input and runs its forward again right before its backward: about a third more compute, one layer's activations instead of all) | none")
     ("comm", po::value(&c.comm)->default_value("auto"), "GPU collectives: nccl | mpi (staged through host memory) | auto (NCCL when every rank of a group has its own GPU)")
@@ -188,6 +189,8 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   BRAID_REQUIRE(c.model.seq_len >= 1, "--seq-len must be >= 1");
   BRAID_REQUIRE(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda (got '" << c.device << "')");
   BRAID_REQUIRE(c.attention == "braid" || c.attention == "cudnn", "--attention must be braid or cudnn");
+  BRAID_REQUIRE(c.tp_comm_chunks >= 1 && c.tp_comm_chunks <= 64,
+                "--tp-comm-chunks must be in [1, 64], got " << c.tp_comm_chunks);
   BRAID_REQUIRE(c.loss_chunk_mib >= 0 && std::isfinite(c.loss_chunk_mib),
                 "--loss-chunk-mib must be >= 0 (0 = no chunking), got " << c.loss_chunk_mib);
   BRAID_REQUIRE(c.recompute == "gelu" || c.recompute == "full" || c.recompute == "none",

@@ -46,6 +46,7 @@ struct TrainConfig {
   bool gemm_autotune = false;       // time cuBLASLt's candidates per GEMM shape (CUDA)
   bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
+  int tp_comm_chunks = 1;           // row blocks of the row-parallel forward GEMMs, all-reduce overlapped
   double loss_chunk_mib = 256;      // logits budget of the chunked LM head + loss; 0 = unchunked
   int local_device = 0;             // GPU of this rank (set by the entry point)
   std::string comm = "auto";        // auto | mpi | nccl: data plane of GPU collectives  // no per-step console lines (metrics.jsonl is still written)

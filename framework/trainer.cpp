@@ -54,6 +54,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   model_->set_loss_chunk_bytes(cfg_.loss_chunk_bytes());
   model_->set_recompute_gelu(cfg_.recompute == "gelu");
   model_->set_recompute_layers(cfg_.recompute == "full");
+  model_->set_tp_comm_chunks(cfg_.tp_comm_chunks);
   model_->register_params(store_, false);
   int64_t bucket_elems = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));
   store_.finalize(bucket_elems, g.dp, backend_->device());
@@ -65,6 +66,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   reducer_ = std::make_unique<GradReducer>(*groups_.dp, store_.flat_grads().f32(), ranges, cfg_.zero == 1);
   sp_pending_.resize(store_.buckets().size());
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
+  optimizer_->set_bf16_copy(backend_->bf16_weight_copy());  // AdamW writes the GEMM weights where it can
   ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
   engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);
   if (g.pp == 1) {
@@ -286,7 +288,7 @@ StepResult Trainer::train_step() {
       prof::Scope p("AdamW");
       optimizer_->step(r.lr, ac);
     }
-    backend_->refresh_weights();  // bf16 compute copies on the GPU (no-op on CPU)
+    if (!optimizer_->writes_bf16_copy()) backend_->refresh_weights();  // bf16 GEMM weights  // bf16 compute copies on the GPU (no-op on CPU)
     bad_in_row_ = 0;
     good_step_since_rollback_ = true;
   } else {

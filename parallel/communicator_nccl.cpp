@@ -243,12 +243,15 @@ class NcclCommunicator : public Communicator {
     cudaEvent_t done = nullptr;
     BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
     BRAID_CHECK_CUDART(cudaEventRecord(done, comm_stream_));
-    return std::make_unique<StreamRequest>(done, compute_, &wait_label_);
+    return std::make_unique<StreamRequest>(done, compute_, &async_wait_label_);
   }
 
   std::unique_ptr<Communicator> mpi_;
   cudaStream_t compute_, comm_stream_;
-  std::string name_, wait_label_ = "wait for " + name_;
+  // Profiler labels (ops/profiler.h): where the compute stream waits for a blocking
+  // collective, and for a non-blocking one at its request's wait().
+  std::string name_, wait_label_ = "wait for " + name_ + " (blocking collective)",
+                     async_wait_label_ = "wait for " + name_ + " (async collective)";
   ncclComm_t comm_ = nullptr;
   cudaEvent_t compute_done_ = nullptr, comm_done_ = nullptr;
 

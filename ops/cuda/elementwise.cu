@@ -55,8 +55,26 @@ __global__ void gelu_backward_kernel(bf16* dinp, const bf16* inp, const bf16* do
     store_bf16<V>(dinp + i * V, g);
   }
 }
-__global__ void residual_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n) {
-  BRAID_GRID_STRIDE(i, n) out[i] = to_bf16(to_float(a[i]) + to_float(b[i]));
+// In groups of V elements like GELU (V = 8: 16-byte accesses; the scalar kernels moved
+// 2 bytes per access and reached 41% of the copy bandwidth). Same arithmetic per element.
+template <int V>
+__global__ void residual_kernel(bf16* out, const bf16* a, const bf16* b, int64_t groups) {
+  BRAID_GRID_STRIDE(i, groups) {
+    float x[V], y[V];
+    load_bf16<V>(x, a + i * V);
+    load_bf16<V>(y, b + i * V);
+#pragma unroll
+    for (int k = 0; k < V; ++k) x[k] += y[k];
+    store_bf16<V>(out + i * V, x);
+  }
+}
+template <int V>
+__global__ void f32_to_bf16_kernel(bf16* out, const float* in, int64_t groups) {
+  BRAID_GRID_STRIDE(i, groups) {
+    float x[V];
+    load_f32<V>(x, in + i * V);
+    store_bf16<V>(out + i * V, x);
+  }
 }
 __global__ void add_bf16_kernel(bf16* dst, const bf16* src, int64_t n) {
   BRAID_GRID_STRIDE(i, n) dst[i] = to_bf16(to_float(dst[i]) + to_float(src[i]));
@@ -69,9 +87,6 @@ __global__ void scale_bf16_kernel(bf16* x, float s, int64_t n) {
 }
 __global__ void scale_f32_kernel(float* x, float s, int64_t n) {
   BRAID_GRID_STRIDE(i, n) x[i] *= s;
-}
-__global__ void f32_to_bf16_kernel(bf16* out, const float* in, int64_t n) {
-  BRAID_GRID_STRIDE(i, n) out[i] = to_bf16(in[i]);
 }
 __global__ void bf16_to_f32_kernel(float* out, const bf16* in, int64_t n) {
   BRAID_GRID_STRIDE(i, n) out[i] = to_float(in[i]);
@@ -106,7 +121,10 @@ void gelu_backward(bf16* dinp, const bf16* inp, const bf16* dout, int64_t n, boo
 
 void residual_forward(bf16* out, const bf16* a, const bf16* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  residual_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, a, b, n);
+  if (n % 8 == 0 && aligned16(out) && aligned16(a) && aligned16(b))
+    residual_kernel<8><<<elementwise_blocks(n / 8, kThreads), kThreads, 0, stream>>>(out, a, b, n / 8);
+  else
+    residual_kernel<1><<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, a, b, n);
   BRAID_CHECK_LAUNCH();
 }
 
@@ -136,7 +154,10 @@ void scale_inplace(float* x, float s, int64_t n, cudaStream_t stream) {
 
 void convert(bf16* out, const float* in, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  f32_to_bf16_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, in, n);
+  if (n % 8 == 0 && aligned16(out) && aligned16(in))  // 8 floats (two 16-byte loads) per group
+    f32_to_bf16_kernel<8><<<elementwise_blocks(n / 8, kThreads), kThreads, 0, stream>>>(out, in, n / 8);
+  else
+    f32_to_bf16_kernel<1><<<elementwise_blocks(n, kThreads), kThreads, 0, stream>>>(out, in, n);
   BRAID_CHECK_LAUNCH();
 }
 

@@ -36,6 +36,7 @@ struct Layout {
   int zero = 0;
   std::vector<int> pp_layers;
   std::string recompute;  // empty: the default (gelu)
+  int tp_comm_chunks = 1;  // row blocks of the row-parallel forward GEMMs (overlapped all-reduces)
   std::string name() const {
     std::ostringstream os;
     os << "tp" << tp << "_pp" << pp << "_dp" << dp;
@@ -45,6 +46,7 @@ struct Layout {
     if (zero) os << "_zero" << zero;
     if (!pp_layers.empty()) os << "_split" << pp_layers[0];
     if (!recompute.empty()) os << "_recompute_" << recompute;
+    if (tp_comm_chunks > 1) os << "_tpchunks" << tp_comm_chunks;
     return os.str();
   }
   int world() const { return tp * pp * dp; }
@@ -98,6 +100,7 @@ TrainConfig layout_config(const Layout& l, const std::string& data, const std::s
   // the layouts, off in the reference) equal to storing its output.
   c.loss_chunk_mib = 2560.0 / (1024 * 1024);
   if (!l.recompute.empty()) c.recompute = l.recompute;
+  c.tp_comm_chunks = l.tp_comm_chunks;
   return c;
 }
 
@@ -133,6 +136,10 @@ std::vector<Layout> all_layouts() {
   add({.tp = 2, .sp = true, .recompute = "full"});
   add({.tp = 2, .pp = 2, .vs = 2, .schedule = "interleaved", .recompute = "full"});
   add({.pp = 2, .dp = 2, .zero = 1, .recompute = "full"});
+  // The row-parallel forward GEMMs in 2 row blocks (16 rows per microbatch: 8 + 8), each
+  // block's all-reduce in flight while the next block's GEMM runs.
+  add({.tp = 2, .tp_comm_chunks = 2});
+  add({.tp = 4, .pp = 2, .recompute = "full", .tp_comm_chunks = 3});
   return v;
 }
 
