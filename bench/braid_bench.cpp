@@ -157,7 +157,9 @@ int main(int argc, char** argv) {
     int world = 1, rank = 0;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    cfg.steps = o.warmup + o.steps + o.profile;
+    // The profiled steps run after these (the learning rate holds its final value there),
+    // so the timed steps are the same with or without --profile.
+    cfg.steps = o.warmup + o.steps;
     cfg.profile_ops = o.profile > 0;
     cfg.save_every = 0;
     cfg.eval_every = 0;
@@ -165,7 +167,8 @@ int main(int argc, char** argv) {
     cfg.quiet = true;
     const int dp = world / std::max(1, cfg.tp * cfg.pp);
     if (cfg.data_dir == "-")
-      cfg.data_dir = make_random_dataset(cfg, cfg.global_batch(std::max(1, dp)) * cfg.model.seq_len * (cfg.steps + 1) + 1);
+      cfg.data_dir = make_random_dataset(
+          cfg, cfg.global_batch(std::max(1, dp)) * cfg.model.seq_len * (cfg.steps + o.profile + 1) + 1);
     validate_train_config(cfg, world);
     ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.tp, cfg.pp);
     configure_rank(groups.grid, cfg.threads);

@@ -100,15 +100,21 @@ struct CudaOptimizerState : Optimizer::DeviceState {
                          seg_table(0), nsegs, total, cfg, nullptr, nullptr);
       return;
     }
+    // Every replica gets every updated shard, in place: bucket b's all-gather (NCCL, on the
+    // DP group's stream) runs while AdamW (legacy stream) updates bucket b + 1's shard, a
+    // disjoint range; the compute stream waits for all of them before the next forward.
     const auto& buckets = reducer.buckets();
+    std::vector<std::unique_ptr<CommRequest>> gathers;
+    gathers.reserve(buckets.size());
     for (size_t b = 0; b < shards.size(); ++b) {
       const ShardRange& sh = shards[b];
       cuda::adamw_update(values + sh.begin, nullptr, reducer.shard_grads(int(b)), m.f32() + sh.state_offset,
                          v.f32() + sh.state_offset, seg_table(sh.first), sh.count, sh.size, cfg, nullptr, nullptr);
+      gathers.push_back(reducer.dp().all_gather_async(values + reducer.shard_begin(int(b)),
+                                                      values + buckets[b].offset, reducer.shard_size(int(b)),
+                                                      DType::F32));
     }
-    for (size_t b = 0; b < buckets.size(); ++b)  // every replica gets every updated shard, in place
-      reducer.dp().all_gather(values + reducer.shard_begin(int(b)), values + buckets[b].offset,
-                              reducer.shard_size(int(b)), DType::F32);
+    for (auto& g : gathers) g->wait();
   }
   void get_moments(std::vector<float>& mh, std::vector<float>& vh) override {
     const int64_t n = store.flat_size();

@@ -288,7 +288,7 @@ StepResult Trainer::train_step() {
       prof::Scope p("AdamW");
       optimizer_->step(r.lr, ac);
     }
-    if (!optimizer_->writes_bf16_copy()) backend_->refresh_weights();  // bf16 GEMM weights  // bf16 compute copies on the GPU (no-op on CPU)
+    if (!optimizer_->writes_bf16_copy()) backend_->refresh_weights();  // bf16 GEMM weights on the GPU (no-op on CPU)
     bad_in_row_ = 0;
     good_step_since_rollback_ = true;
   } else {

@@ -92,28 +92,48 @@ bool active() { return state().on; }
 Scope::Scope(std::string_view name) {
   State& s = state();
   if (!s.on) return;
-  counted_ = true;
-  if (s.depth++ > 0) return;
-  auto it = s.name_index.find(name);
-  if (it == s.name_index.end()) {
-    it = s.name_index.emplace(std::string(name), int(s.names.size())).first;
-    s.names.push_back(it->first);
+  if (s.depth == 0) {
+    auto it = s.name_index.find(name);
+    if (it == s.name_index.end()) {
+      it = s.name_index.emplace(std::string(name), int(s.names.size())).first;
+      s.names.push_back(it->first);
+    }
+    add_mark(s, it->second);  // may throw: then this Scope counts for nothing
+    recorded_ = true;
   }
-  add_mark(s, it->second);
-  recorded_ = true;
+  ++s.depth;
+  counted_ = true;
 }
 
 Scope::~Scope() {
   if (!counted_) return;
   State& s = state();
   --s.depth;
-  if (recorded_) add_mark(s, -1);
+  if (!recorded_ || !s.on) return;
+  try {
+    add_mark(s, -1);
+  } catch (...) {
+    // A destructor must not throw (the run may be unwinding from the error that made the
+    // event record fail): profiling stops, and collect() says it was not running.
+    s.on = false;
+    s.marks.clear();
+  }
 }
 
 Report collect() {
   State& s = state();
-  BRAID_CHECK(s.on, "profiler: collect() without start()");
+  BRAID_CHECK(s.on, "profiler: collect() without start(), or profiling stopped by an error");
   BRAID_CHECK(s.depth == 0, "profiler: collect() inside a Scope");
+  struct Stop {  // profiling ends here whether or not the report can be made
+    State& s;
+    ~Stop() {
+      s.on = false;
+      s.marks.clear();
+#ifdef BRAID_HAVE_CUDA
+      s.pool_used = 0;
+#endif
+    }
+  } stop{s};
 #ifdef BRAID_HAVE_CUDA
   if (s.stream)
     BRAID_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(s.stream)) == cudaSuccess,
@@ -140,11 +160,6 @@ Report collect() {
     r.entries.push_back(per_name[i]);
   }
   std::sort(r.entries.begin(), r.entries.end(), [](const Entry& a, const Entry& b) { return a.ms > b.ms; });
-  s.on = false;
-  s.marks.clear();
-#ifdef BRAID_HAVE_CUDA
-  s.pool_used = 0;
-#endif
   return r;
 }
 

@@ -27,6 +27,12 @@ class CommRequest {
   virtual void wait() = 0;
 };
 
+// A request that is complete when made (an operation that ran blocking).
+class CompletedRequest : public CommRequest {
+ public:
+  void wait() override {}
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -41,6 +47,13 @@ class Communicator {
   // recv[size * count] = concatenation over ranks (by group rank) of send[count].
   // In place when send == recv + rank * count (the rank's own block of recv).
   virtual void all_gather(const void* send, void* recv, int64_t count, DType dtype) = 0;
+  // Non-blocking all_gather, same forms. By default the blocking one, returning a completed
+  // request; NCCL queues it on the group's stream (ZeRO-1 gathers a bucket's updated
+  // parameters while AdamW updates the next bucket).
+  virtual std::unique_ptr<CommRequest> all_gather_async(const void* send, void* recv, int64_t count, DType dtype) {
+    all_gather(send, recv, count, dtype);
+    return std::make_unique<CompletedRequest>();
+  }
   // recv[count] = the rank's block of the element-wise sum of send[size * count].
   // In place when recv == send + rank * count; the rest of send is then undefined.
   virtual void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) = 0;

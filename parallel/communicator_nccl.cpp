@@ -133,6 +133,12 @@ class NcclCommunicator : public Communicator {
     BRAID_CHECK_NCCL(ncclAllGather(send, recv, size_t(count) * mult(dtype), nccl_dtype(dtype), comm_, comm_stream_));
     after();
   }
+  std::unique_ptr<CommRequest> all_gather_async(const void* send, void* recv, int64_t count, DType dtype) override {
+    if (!is_device_pointer(send) || !is_device_pointer(recv)) return mpi_->all_gather_async(send, recv, count, dtype);
+    before();
+    BRAID_CHECK_NCCL(ncclAllGather(send, recv, size_t(count) * mult(dtype), nccl_dtype(dtype), comm_, comm_stream_));
+    return pending_request();
+  }
   void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) override {
     if (!is_device_pointer(send) || !is_device_pointer(recv)) return mpi_->reduce_scatter(send, recv, count, dtype);
     before();

@@ -99,6 +99,11 @@ void LedgerCommunicator::all_gather(const void* send, void* recv, int64_t count,
   record("all_gather", count, dtype, -1, [&] { inner_->all_gather(send, recv, count, dtype); });
 }
 
+std::unique_ptr<CommRequest> LedgerCommunicator::all_gather_async(const void* send, void* recv, int64_t count,
+                                                                  DType dtype) {
+  return record_async("all_gather", count, dtype, [&] { return inner_->all_gather_async(send, recv, count, dtype); });
+}
+
 void LedgerCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
   record("reduce_scatter", count, dtype, -1, [&] { inner_->reduce_scatter(send, recv, count, dtype); });
 }

@@ -34,6 +34,7 @@ class LedgerCommunicator : public Communicator {
   std::unique_ptr<CommRequest> all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) override;
   void all_gather(const void* send, void* recv, int64_t count, DType dtype) override;
   void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) override;
+  std::unique_ptr<CommRequest> all_gather_async(const void* send, void* recv, int64_t count, DType dtype) override;
   std::unique_ptr<CommRequest> reduce_scatter_async(const void* send, void* recv, int64_t count,
                                                     DType dtype) override;
   void broadcast(void* buf, int64_t count, DType dtype, int root) override;

@@ -305,6 +305,15 @@ TEST_F(LayoutEquivalence, HeadsThatTpDoesNotDivideMatchOneRank) {
     c.grad_accum = 8 / mb;
     expect_matches_reference(l, c, ref);
   }
+  // --tp-comm-chunks 3 over 4 samples (64 rows): blocks of 24, 24 and 16 rows, the last
+  // shorter, three all-reduces in flight at once.
+  {
+    const Layout l{.tp = 2, .tp_comm_chunks = 3};
+    TrainConfig c = config(l, test::temp_dir("layout_heads3_mb4_" + l.name()));
+    c.micro_batch = 4;
+    c.grad_accum = 2;
+    expect_matches_reference(l, c, ref);
+  }
 }
 
 // The eight-GPU layouts (TP x PP x DP in {8x1x1, 4x2x1, 2x2x2, 2x4x1 interleaved,
