@@ -158,6 +158,12 @@ layernorm_forward_rows_kernel(bf16* residual, bf16* out, float* mean_out, float*
 // [dw | db], which column_finalize sums over blocks in order. V = 8 reads 16-byte vectors.
 constexpr int kBwdWarps = 4;
 constexpr int kBwdRows = 16;  // 32 left the 1.5B shape at 1/8 occupancy
+// Four blocks per SM for the widest rows (CH 6 and 8: at most 128 registers a thread, 36
+// bytes spilled): unbounded, CH = 8 (C = 1600) took 154 registers, three blocks fitted an
+// SM, and the 512 blocks of the 1.5B shape (B8) ran as 396 + 116, two waves, the second
+// a quarter full. The narrower rows keep their 64-96 registers (0: no bound; a bound of
+// 4 blocks let CH 3-4 grow to 109 registers, one block per SM fewer). Same arithmetic.
+constexpr int kBwdMinBlocks = 4;
 
 // The backward's per-warp shared-memory accumulators [dw | db] of this warp, zeroed.
 __device__ __forceinline__ float* zeroed_warp_accumulators(float* s_acc, int warp, int lane, int C) {
@@ -240,7 +246,7 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
 // The backward with register rows (see above); the same blocks, accumulators and order as
 // layernorm_backward_kernel<8>.
 template <int CH>
-__global__ void __launch_bounds__(kBwdWarps * 32)
+__global__ void __launch_bounds__(kBwdWarps * 32, CH >= 6 ? kBwdMinBlocks : 0)
 layernorm_backward_rows_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
                                const float* w, const float* mean, const float* rstd, int64_t N,
                                int C, bool accumulate) {
