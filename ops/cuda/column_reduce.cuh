@@ -21,20 +21,8 @@ column_finalize_kernel(float* dst_lo, float* dst_hi, int split, const float* par
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * 32 + tx;
   float acc = 0.f;
-  if (c < cols) {
-    // Eight independent loads in flight per thread, added in the plain loop's order (the
-    // same bits): one dependent load at a time left this pass latency bound (16-32 loads
-    // per thread at the GPT-2 shapes, on 48-100 blocks).
-    int64_t r = ty;
-    for (; r + 7 * 32 < rows; r += 8 * 32) {
-      float v[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) v[u] = partial[(r + u * 32) * cols + c];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) acc += v[u];
-    }
-    for (; r < rows; r += 32) acc += partial[r * cols + c];
-  }
+  if (c < cols)
+    for (int64_t r = ty; r < rows; r += 32) acc += partial[r * cols + c];
   s[ty][tx] = acc;
   __syncthreads();
   if (ty == 0 && c < cols) {
