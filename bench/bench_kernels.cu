@@ -164,6 +164,38 @@ int main(int argc, char** argv) {
                    median_ms([&] { matmul_backward(gemm, nullptr, dw, nullptr, nullptr, out, inp,
                                                    w, N, l.IC, l.OC, false, st); }, st),
                    flops);
+      if (bias) {
+        // The bias gradient: from the dW GEMM's BGRADB epilogue (what matmul_backward tries
+        // first when asked for both) against the dW GEMM alone plus bias_backward's pass.
+        float* dbias = random_f32(l.OC, 8);
+        void* bscratch = device_alloc(bias_backward_scratch_bytes(N, l.OC));
+        report_flops(std::string("matmul dw + bias grad ") + l.name,
+                     median_ms([&] { matmul_backward(gemm, nullptr, dw, dbias, bscratch, out, inp,
+                                                     w, N, l.IC, l.OC, false, st); }, st),
+                     flops);
+        std::printf("    (bias gradient %s)\n", matmul_last_bias_in_gemm() ? "in the GEMM's BGRADB epilogue"
+                                                                           : "by bias_backward");
+        report_bytes(std::string("  bias grad alone ") + l.name,
+                     median_ms([&] { bias_backward(dbias, bscratch, out, N, l.OC, st); }, st),
+                     double(N) * l.OC * 2);
+        bias_backward_one_chunk_per_block(true);
+        report_bytes(std::string("  bias grad, 64 rows a block ") + l.name,
+                     median_ms([&] { bias_backward(dbias, bscratch, out, N, l.OC, st); }, st),
+                     double(N) * l.OC * 2);
+        bias_backward_one_chunk_per_block(false);
+        device_free(dbias);
+        device_free(bscratch);
+      }
+      if (std::string(l.name).rfind("fc_proj", 0) == 0) {
+        // The MLP's second layer backward: dinp through GELU' in the epilogue (pre = GELU's input).
+        bf16* pre_in = random_bf16(N * l.IC, 9);
+        report_flops(std::string("matmul dinp + dGELU ") + l.name,
+                     median_ms([&] { matmul_backward_dgelu(gemm, dinp, nullptr, nullptr, nullptr, out, inp, w,
+                                                           pre_in, N, l.IC, l.OC, st); }, st),
+                     flops);
+        std::printf("    (dGELU path %d: 1 fused, 3 second pass)\n", int(matmul_last_dgelu_path()));
+        device_free(pre_in);
+      }
       for (void* p : {(void*)inp, (void*)w, (void*)bias, (void*)out, (void*)pre, (void*)dw,
                       (void*)dinp})
         device_free(p);

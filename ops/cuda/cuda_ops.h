@@ -165,6 +165,8 @@ int gemm_autotuned_shapes();  // configurations whose candidates were timed so f
 
 // dbias[OC] += sum_n dout[n, :], deterministic (per-block partials, fixed-order sum).
 size_t bias_backward_scratch_bytes(int64_t N, int OC);
+// For benchmarks: the 16-byte path with one 64-row chunk per block (before session 7).
+void bias_backward_one_chunk_per_block(bool on);
 void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int OC,
                    cudaStream_t stream);
 

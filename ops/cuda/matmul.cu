@@ -13,7 +13,9 @@
 // results are reproducible run to run.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <mutex>
 #include <tuple>
 
@@ -336,7 +338,11 @@ void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias
     s.m = IC, s.n = OC, s.k = N;
     s.lda = IC, s.ldb = OC, s.ldd = IC;
     s.d_type = CUDA_R_32F;
-    if (dbias && scratch) {
+    static const bool no_bgradb = [] {  // EXPERIMENT (session 7): BRAID_BIAS_GRAD=pass
+      const char* e = std::getenv("BRAID_BIAS_GRAD");
+      return e && std::string(e) == "pass";
+    }();
+    if (dbias && scratch && !no_bgradb) {
       // The bias gradient from the same GEMM: BGRADB sums B = dout^T over k = N, one value
       // per column of D (OC), in fp32, written (not added) to the scratch, then added.
       s.epilogue = CUBLASLT_EPILOGUE_BGRADB;
