@@ -65,7 +65,9 @@ double Optimizer::clip_grad_norm(float max_norm) {
     all_reduce_double(reducer_.zero() ? *groups_.world : *groups_.mp, &ss, 1);
     double norm = std::sqrt(ss);
     double coef = max_norm > 0 ? double(max_norm) / (norm + 1e-6) : 1.0;
-    if (coef < 1.0) dev_->scale_grads(float(coef));
+    // Applied by AdamW as it reads the gradients: one pass over them fewer (8 bytes per
+    // parameter; 12.4 GB at 1.5B) in every clipped step.
+    dev_->set_grad_scale(coef < 1.0 ? float(coef) : 1.f);
     return norm;
   }
   double ss = 0;

@@ -39,6 +39,8 @@ struct CudaOptimizerState : Optimizer::DeviceState {
   bool zero;
   int64_t total;  // moments' elements (flat size, or the ZeRO-1 shard total)
   Tensor m, v, segs, norm_segs, sumsq, scratch;
+  Tensor scale_dev = Tensor({1}, DType::F32, Device::CUDA);
+  float grad_scale = 1.f;
   int nsegs = 0, nnorm = 0;
   std::vector<ShardRange> shards;  // ZeRO-1 only
   CudaOptimizerState(ParamStore& s, GradReducer& r, const std::vector<cuda::ParamSegment>& all,
@@ -84,20 +86,22 @@ struct CudaOptimizerState : Optimizer::DeviceState {
     for (double x : h) sum += x;
     return sum;
   }
-  void scale_grads(float sc) override {
-    if (!zero) {
-      cuda::scale_inplace(store.flat_grads().f32(), sc, total, nullptr);
-      return;
-    }
-    for (size_t b = 0; b < shards.size(); ++b)
-      cuda::scale_inplace(reducer.shard_grads(int(b)), sc, shards[b].size, nullptr);
+  void set_grad_scale(float sc) override { grad_scale = sc; }
+  // The device copy of grad_scale for adamw_update (null when it is 1), uploaded in stream
+  // order with the kernels (all on the legacy stream).
+  const float* scale_pointer() {
+    if (grad_scale == 1.f) return nullptr;
+    BRAID_CHECK_CUDA(cudaMemcpy(scale_dev.raw(), &grad_scale, sizeof(float), cudaMemcpyHostToDevice));
+    return scale_dev.f32();
   }
   void step(float lr, const AdamWConfig& c, int64_t t) override {
     cuda::AdamWConfig cfg{lr, c.beta1, c.beta2, c.eps, c.weight_decay, t};
     float* values = store.flat_values().f32();
+    const float* scale = scale_pointer();
+    grad_scale = 1.f;
     if (!zero) {
       cuda::adamw_update(values, static_cast<cuda::bf16*>(bf16_copy), store.flat_grads().f32(), m.f32(), v.f32(),
-                         seg_table(0), nsegs, total, cfg, nullptr, nullptr);
+                         seg_table(0), nsegs, total, cfg, scale, nullptr);
       return;
     }
     // Every replica gets every updated shard, in place: bucket b's all-gather (NCCL, on the
@@ -109,7 +113,7 @@ struct CudaOptimizerState : Optimizer::DeviceState {
     for (size_t b = 0; b < shards.size(); ++b) {
       const ShardRange& sh = shards[b];
       cuda::adamw_update(values + sh.begin, nullptr, reducer.shard_grads(int(b)), m.f32() + sh.state_offset,
-                         v.f32() + sh.state_offset, seg_table(sh.first), sh.count, sh.size, cfg, nullptr, nullptr);
+                         v.f32() + sh.state_offset, seg_table(sh.first), sh.count, sh.size, cfg, scale, nullptr);
       gathers.push_back(reducer.dp().all_gather_async(values + reducer.shard_begin(int(b)),
                                                       values + buckets[b].offset, reducer.shard_size(int(b)),
                                                       DType::F32));

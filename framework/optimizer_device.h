@@ -12,7 +12,9 @@ struct Optimizer::DeviceState {
   static std::unique_ptr<DeviceState> make(Optimizer& o);
   virtual ~DeviceState() = default;
   virtual double sum_squares_owned() = 0;  // this rank's norm-owned gradient elements
-  virtual void scale_grads(float s) = 0;
+  // The clipping factor for the next step(): AdamW multiplies each gradient by it as it
+  // reads it (no pass of its own over the gradients); step() uses it once, then 1 again.
+  virtual void set_grad_scale(float s) = 0;
   virtual void step(float lr, const AdamWConfig& cfg, int64_t t) = 0;
   // The bf16 copy of the flat parameters that step() also writes (null: none).
   void* bf16_copy = nullptr;
