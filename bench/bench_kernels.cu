@@ -165,24 +165,16 @@ int main(int argc, char** argv) {
                                                    w, N, l.IC, l.OC, false, st); }, st),
                    flops);
       if (bias) {
-        // The bias gradient: from the dW GEMM's BGRADB epilogue (what matmul_backward tries
-        // first when asked for both) against the dW GEMM alone plus bias_backward's pass.
+        // The dW GEMM with the bias gradient (bias_backward's pass over dout) and the pass alone.
         float* dbias = random_f32(l.OC, 8);
         void* bscratch = device_alloc(bias_backward_scratch_bytes(N, l.OC));
         report_flops(std::string("matmul dw + bias grad ") + l.name,
                      median_ms([&] { matmul_backward(gemm, nullptr, dw, dbias, bscratch, out, inp,
                                                      w, N, l.IC, l.OC, false, st); }, st),
                      flops);
-        std::printf("    (bias gradient %s)\n", matmul_last_bias_in_gemm() ? "in the GEMM's BGRADB epilogue"
-                                                                           : "by bias_backward");
         report_bytes(std::string("  bias grad alone ") + l.name,
                      median_ms([&] { bias_backward(dbias, bscratch, out, N, l.OC, st); }, st),
                      double(N) * l.OC * 2);
-        bias_backward_one_chunk_per_block(true);
-        report_bytes(std::string("  bias grad, 64 rows a block ") + l.name,
-                     median_ms([&] { bias_backward(dbias, bscratch, out, N, l.OC, st); }, st),
-                     double(N) * l.OC * 2);
-        bias_backward_one_chunk_per_block(false);
         device_free(dbias);
         device_free(bscratch);
       }

@@ -88,8 +88,8 @@ class CudaBackend final : public Backend {
   void matmul_backward_gelu(Tensor& dpre, const Tensor& dout, const Tensor& inp, const Tensor& pre, int w,
                             int bias, int pre_bias, int64_t N, int IC, int OC) override {
     void* sc = pre_bias >= 0 ? scratch(cuda::matmul_backward_dgelu_scratch_bytes(N, IC)) : nullptr;
-    // With its own bias the dW GEMM runs here, its bias gradient in the BGRADB epilogue
-    // (scratch reused in stream order after the dinp GEMM's).
+    // With its own bias the dW GEMM runs here, then the bias gradient's pass (scratch
+    // reused in stream order after the dinp GEMM's).
     cuda::matmul_backward_dgelu(ctx_.gemm(), b(dpre), bias >= 0 ? nullptr : g(w),
                                 pre_bias >= 0 ? g(pre_bias) : nullptr, sc, cb(dout), cb(inp), wb(w), cb(pre), N, IC,
                                 OC, s());

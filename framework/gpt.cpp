@@ -243,9 +243,8 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   // itself: every read of dx below comes before the layernorm backward adds into it.
   Tensor dres2 = dx;
   // The row-parallel layers' bias gradients: the sum of the output gradient. Without SP
-  // it is the GEMM input dpartial itself, so the dW GEMMs below add it (cuBLASLt's BGRADB
-  // epilogue on the GPU: no pass of its own); with SP, from this rank's rows here (the
-  // trainer all-reduces the replicated parameters' gradients over TP).
+  // it is the GEMM input dpartial itself, summed by the backward below; with SP, from this
+  // rank's rows here (the trainer all-reduces the replicated parameters' gradients over TP).
   const bool sp = layout_.sequence_parallel;
   if (sp) be_.bias_backward(dx, lp.fcprojb, Ns, C);
   Tensor dpartial;
@@ -259,9 +258,7 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
       be_.gelu_forward(gelu_out, a.fch);
     }
     // GELU's derivative in the input-gradient GEMM's epilogue on the GPU; fc's bias
-    // gradient (the sum of dfch) comes from fc's weight-gradient GEMM below (cuBLASLt's
-    // BGRADB epilogue on the GPU, which the H200's cuBLASLt offers where DGELU_BGRAD is
-    // not: a separate pass over dfch otherwise, 1-1.5% of the step).
+    // gradient (the sum of dfch) with fc's weight gradient below.
     be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, sp ? -1 : lp.fcprojb, -1, N, Fl, C);
   }
   done({lp.fcprojb, lp.fcprojw});

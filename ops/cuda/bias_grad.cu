@@ -7,9 +7,6 @@
 //   lane's 8 rows are all loaded before they are added (the pair path below waits for
 //   memory once per row: 37-43% of the copy bandwidth measured).
 // - pair path: 64-column tiles, each lane owns two adjacent columns (one bf16 pair).
-#include <algorithm>
-#include <atomic>
-
 #include "ops/cuda/column_reduce.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -55,35 +52,31 @@ bias_partials_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
 
 int64_t chunks(int64_t N) { return ceil_div(N, kChunkRows); }
 
-constexpr int kVecChunkRows = 64;  // 8 rows per warp per trip
-// A block sums its column tile over a group of rows_per_block rows (a multiple of 64), 64
-// rows a trip: each lane loads its 8 rows (16 bytes each) before adding them, in row order.
+constexpr int kVecChunkRows = 64;  // 8 rows per warp
 __global__ void __launch_bounds__(256)
-bias_partials_vec_kernel(float* partial, const bf16* dout, int64_t N, int OC, int64_t rows_per_block) {
+bias_partials_vec_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
   __shared__ float s[8][257];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int c0 = blockIdx.y * 256 + 8 * tx;  // groups on x (up to 2^31 - 1), tiles on y
-  const int64_t group = blockIdx.x;
-  const int64_t end = min(N, (group + 1) * rows_per_block);
+  const int c0 = blockIdx.y * 256 + 8 * tx;  // chunks on x (up to 2^31 - 1), tiles on y
+  const int64_t chunk = blockIdx.x;
+  const int64_t first = chunk * kVecChunkRows;
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   if (c0 < OC) {
-    for (int64_t first = group * rows_per_block; first < end; first += kVecChunkRows) {
-      uint4 raw[kVecChunkRows / 8];
+    uint4 raw[kVecChunkRows / 8];
 #pragma unroll
-      for (int j = 0; j < kVecChunkRows / 8; ++j) {
-        const int64_t n = first + ty + 8 * j;
-        if (n < end) raw[j] = *reinterpret_cast<const uint4*>(dout + n * OC + c0);
-      }
+    for (int j = 0; j < kVecChunkRows / 8; ++j) {
+      const int64_t n = first + ty + 8 * j;
+      if (n < N) raw[j] = *reinterpret_cast<const uint4*>(dout + n * OC + c0);
+    }
 #pragma unroll
-      for (int j = 0; j < kVecChunkRows / 8; ++j) {
-        if (first + ty + 8 * j >= end) break;
-        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw[j]);
+    for (int j = 0; j < kVecChunkRows / 8; ++j) {
+      if (first + ty + 8 * j >= N) break;
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw[j]);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float2 f = __bfloat1622float2(h[k]);
-          acc[2 * k] += f.x;
-          acc[2 * k + 1] += f.y;
-        }
+      for (int k = 0; k < 4; ++k) {
+        const float2 f = __bfloat1622float2(h[k]);
+        acc[2 * k] += f.x;
+        acc[2 * k + 1] += f.y;
       }
     }
   }
@@ -96,26 +89,13 @@ bias_partials_vec_kernel(float* partial, const bf16* dout, int64_t N, int OC, in
     float total = 0.f;
 #pragma unroll
     for (int w = 0; w < 8; ++w) total += s[w][t];
-    partial[group * OC + c] = total;
+    partial[chunk * OC + c] = total;
   }
-}
-
-std::atomic<bool> g_one_chunk_per_block{false};
-
-// Rows per block of the 16-byte path, from the shape only (the sums' order, so the result,
-// is the same on every device): at least 1024 blocks where the rows allow, each streaming
-// as many 64-row chunks as that leaves (one chunk a block ran at 57% of the copy bandwidth:
-// every 16 KiB block paid its reduction and partial write).
-int64_t vec_rows_per_block(int64_t N, int OC) {
-  if (g_one_chunk_per_block.load(std::memory_order_relaxed)) return kVecChunkRows;
-  const int64_t tiles = ceil_div(OC, 256);
-  const int64_t groups = std::max<int64_t>(1, ceil_div(1024, tiles));
-  return std::max<int64_t>(kVecChunkRows, ceil_div(ceil_div(N, groups), kVecChunkRows) * kVecChunkRows);
 }
 
 bool vec_path(const bf16* dout, int OC) { return OC % 8 == 0 && aligned16(dout); }
 int64_t partial_rows(const bf16* dout, int64_t N, int OC) {
-  return vec_path(dout, OC) ? ceil_div(N, vec_rows_per_block(N, OC)) : chunks(N);
+  return vec_path(dout, OC) ? ceil_div(N, kVecChunkRows) : chunks(N);
 }
 
 }  // namespace
@@ -132,7 +112,7 @@ void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int
   const int64_t rows = partial_rows(dout, N, OC);
   if (vec_path(dout, OC)) {
     const dim3 grid(unsigned(rows), unsigned(ceil_div(OC, 256)));
-    bias_partials_vec_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC, vec_rows_per_block(N, OC));
+    bias_partials_vec_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
   } else {
     BRAID_CHECK(rows <= 65535, "bias_backward: " << N << " rows is more than supported");
     const dim3 grid(unsigned(ceil_div(OC, 64)), unsigned(rows));
@@ -141,7 +121,5 @@ void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int
   BRAID_CHECK_LAUNCH();
   column_finalize(dbias, nullptr, OC, partial, rows, OC, stream);
 }
-
-void bias_backward_one_chunk_per_block(bool on) { g_one_chunk_per_block.store(on); }
 
 }  // namespace braid::cuda

@@ -123,9 +123,8 @@ void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf1
                     const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,
                     cudaStream_t stream);
 // dinp[N,IC] (=/+=) dout[N,OC] @ w[OC,IC] (bf16 out); dw[OC,IC] += dout^T @ inp (bf16
-// inputs, fp32 C/D, beta 1); dbias[OC] += sum_n dout (fp32, through `scratch`, sized by
-// bias_backward_scratch_bytes(N, OC); with dw, from the dW GEMM's epilogue where cuBLASLt
-// offers it, see matmul_last_bias_in_gemm). Any of dinp/dw/dbias may be null.
+// inputs, fp32 C/D, beta 1); dbias[OC] += sum_n dout (fp32, by bias_backward through
+// `scratch`, sized by bias_backward_scratch_bytes(N, OC)). Any of dinp/dw/dbias may be null.
 void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias,
                      void* scratch, const bf16* dout, const bf16* inp, const bf16* w, int64_t N,
                      int IC, int OC, bool accumulate_dinp, cudaStream_t stream);
@@ -149,9 +148,6 @@ void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float*
                            const bf16* dout, const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
                            int OC, cudaStream_t stream);
 EpiloguePath matmul_last_dgelu_path();
-// Whether matmul_backward's last bias gradient came from the dW GEMM's BGRADB epilogue
-// (tried when both dw and dbias are asked for) rather than bias_backward.
-bool matmul_last_bias_in_gemm();
 bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogue
 
 // GEMM algorithm choice for configurations not yet cached (process-wide). Off (default):
@@ -165,8 +161,6 @@ int gemm_autotuned_shapes();  // configurations whose candidates were timed so f
 
 // dbias[OC] += sum_n dout[n, :], deterministic (per-block partials, fixed-order sum).
 size_t bias_backward_scratch_bytes(int64_t N, int OC);
-// For benchmarks: the 16-byte path with one 64-row chunk per block (before session 7).
-void bias_backward_one_chunk_per_block(bool on);
 void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int OC,
                    cudaStream_t stream);
 

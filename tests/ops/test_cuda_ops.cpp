@@ -530,8 +530,6 @@ TEST_F(CudaOps, MatmulForwardBackward) {
   DeviceArray<char> scratch(cuda::bias_backward_scratch_bytes(N, OC));
   cuda::matmul_backward(gemm, dinp.get(), dw.get(), db.get(), scratch.get(), d_dout.get(),
                         d_inp.get(), d_w.get(), N, IC, OC, false, stream);
-  std::printf("[     info ] matmul bias gradient: %s\n",
-              cuda::matmul_last_bias_in_gemm() ? "dW GEMM's BGRADB epilogue" : "bias_backward");
   VecD ref_dinp(N * IC, 0.0), ref_dw(p_dw.begin(), p_dw.end()), ref_db(p_db.begin(), p_db.end());
   VecD abs_dw(ref_dw.size(), 0.0);  // sum over n of |dout * inp|, for the bound below
   for (int64_t n = 0; n < N; ++n)
