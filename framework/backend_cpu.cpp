@@ -21,7 +21,7 @@ class CpuBackend final : public Backend {
   }
   void embedding_backward(const Tensor& dout, const std::vector<int32_t>& tokens, int wte) override {
     const Param& p = (*store_)[wte];
-    cpu::embedding_backward(p.grad.f32(), dout.f32(), tokens.data(), int64_t(tokens.size()),
+    cpu::embedding_backward(g(wte), dout.f32(), tokens.data(), int64_t(tokens.size()),
                             int(p.value.dim(1)), p.spec.shard_offset, p.spec.storage_rows);
   }
   void position_forward(Tensor& x, int wpe, int B, int T, int pos_offset) override {
@@ -126,7 +126,11 @@ class CpuBackend final : public Backend {
     if (grad) cpu::xent_backward_from_exp(l, targets, row_sum.data(), N, Vl, vstart, vreal, scale);
   }
   float* v(int i) { return (*store_)[i].value.f32(); }
-  float* g(int i) { return (*store_)[i].grad.f32(); }
+  // A gradient to add into: zeroed first if still stale this step (every op here adds).
+  float* g(int i) {
+    store_->zero_if_stale(i);
+    return (*store_)[i].grad.f32();
+  }
   ParamStore* store_ = nullptr;
 };
 

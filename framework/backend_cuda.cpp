@@ -44,7 +44,7 @@ class CudaBackend final : public Backend {
                                                 p.spec.shard_offset, p.spec.storage_rows);
     if (tr.rows.empty()) return;
     Tensor rows = upload(tr.rows), offs = upload(tr.offsets), pos = upload(tr.positions);
-    cuda::embedding_backward(p.grad.f32(), cb(dout), rows.data<int32_t>(), offs.data<int32_t>(),
+    cuda::embedding_backward(g(wte), cb(dout), rows.data<int32_t>(), offs.data<int32_t>(),
                              pos.data<int32_t>(), int(tr.rows.size()), int(p.value.dim(1)), s());
   }
   void position_forward(Tensor& x, int wpe, int B, int T, int pos_offset) override {
@@ -62,8 +62,16 @@ class CudaBackend final : public Backend {
     const int C = int(inp.dim(-1));
     const int64_t N = inp.numel() / C;
     void* sc = scratch(cuda::layernorm_backward_scratch_bytes(N, C));
-    cuda::layernorm_backward(b(dinp), g(w), g(bi), sc, cb(dout), cb(inp), v(w), mean.f32(), rstd.f32(), N,
-                             C, true, s());
+    bool first_w = false, first_b = false;
+    float* dw = gw(w, first_w);
+    float* db = gw(bi, first_b);
+    if (first_w != first_b) {  // not seen (both are written by this op only): add into zeroed ones
+      if (first_w) (*store_)[w].grad.zero_();
+      if (first_b) (*store_)[bi].grad.zero_();
+      first_w = first_b = false;
+    }
+    cuda::layernorm_backward(b(dinp), dw, db, sc, cb(dout), cb(inp), v(w), mean.f32(), rstd.f32(), N, C, true, s(),
+                             first_w);
   }
   void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) override {
     cuda::matmul_forward(ctx_.gemm(), b(out), nullptr, cb(inp), wb(w), bias >= 0 ? v(bias) : nullptr, N, IC,
@@ -72,8 +80,11 @@ class CudaBackend final : public Backend {
   void matmul_backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N,
                        int IC, int OC) override {
     void* sc = bias >= 0 ? scratch(cuda::bias_backward_scratch_bytes(N, OC)) : nullptr;
-    cuda::matmul_backward(ctx_.gemm(), dinp ? b(*dinp) : nullptr, g(w), bias >= 0 ? g(bias) : nullptr, sc,
-                          cb(dout), cb(inp), wb(w), N, IC, OC, false, s());
+    bool first_w = false, first_b = false;
+    float* dw = gw(w, first_w);
+    float* db = bias >= 0 ? gw(bias, first_b) : nullptr;
+    cuda::matmul_backward(ctx_.gemm(), dinp ? b(*dinp) : nullptr, dw, db, sc, cb(dout), cb(inp), wb(w), N, IC, OC,
+                          false, s(), first_w, first_b);
   }
   void matmul_backward_input(Tensor& dinp, const Tensor& dout, int w, int64_t N, int IC, int OC) override {
     cuda::matmul_backward(ctx_.gemm(), b(dinp), nullptr, nullptr, nullptr, cb(dout), nullptr, wb(w), N, IC, OC,
@@ -82,23 +93,32 @@ class CudaBackend final : public Backend {
   void matmul_backward_weight(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
                               int OC) override {
     void* sc = bias >= 0 ? scratch(cuda::bias_backward_scratch_bytes(N, OC)) : nullptr;
-    cuda::matmul_backward(ctx_.gemm(), nullptr, g(w), bias >= 0 ? g(bias) : nullptr, sc, cb(dout), cb(inp), wb(w),
-                          N, IC, OC, false, s());
+    bool first_w = false, first_b = false;
+    float* dw = gw(w, first_w);
+    float* db = bias >= 0 ? gw(bias, first_b) : nullptr;
+    cuda::matmul_backward(ctx_.gemm(), nullptr, dw, db, sc, cb(dout), cb(inp), wb(w), N, IC, OC, false, s(), first_w,
+                          first_b);
   }
   void matmul_backward_gelu(Tensor& dpre, const Tensor& dout, const Tensor& inp, const Tensor& pre, int w,
                             int bias, int pre_bias, int64_t N, int IC, int OC) override {
     void* sc = pre_bias >= 0 ? scratch(cuda::matmul_backward_dgelu_scratch_bytes(N, IC)) : nullptr;
     // With its own bias the dW GEMM runs here, then the bias gradient's pass (scratch
     // reused in stream order after the dinp GEMM's).
-    cuda::matmul_backward_dgelu(ctx_.gemm(), b(dpre), bias >= 0 ? nullptr : g(w),
-                                pre_bias >= 0 ? g(pre_bias) : nullptr, sc, cb(dout), cb(inp), wb(w), cb(pre), N, IC,
-                                OC, s());
-    if (bias >= 0)
-      cuda::matmul_backward(ctx_.gemm(), nullptr, g(w), g(bias), scratch(cuda::bias_backward_scratch_bytes(N, OC)),
-                            cb(dout), cb(inp), wb(w), N, IC, OC, false, s());
+    bool first_w = false, first_pb = false, first_b = false;
+    float* dw = gw(w, first_w);
+    float* dpb = pre_bias >= 0 ? gw(pre_bias, first_pb) : nullptr;
+    cuda::matmul_backward_dgelu(ctx_.gemm(), b(dpre), bias >= 0 ? nullptr : dw, dpb, sc, cb(dout), cb(inp), wb(w),
+                                cb(pre), N, IC, OC, s(), first_w, first_pb);
+    if (bias >= 0) {
+      float* db = gw(bias, first_b);
+      cuda::matmul_backward(ctx_.gemm(), nullptr, dw, db, scratch(cuda::bias_backward_scratch_bytes(N, OC)), cb(dout),
+                            cb(inp), wb(w), N, IC, OC, false, s(), first_w, first_b);
+    }
   }
   void bias_backward(const Tensor& dout, int bias, int64_t N, int C) override {
-    cuda::bias_backward(g(bias), scratch(cuda::bias_backward_scratch_bytes(N, C)), cb(dout), N, C, s());
+    bool first = false;
+    float* db = gw(bias, first);
+    cuda::bias_backward(db, scratch(cuda::bias_backward_scratch_bytes(N, C)), cb(dout), N, C, s(), first);
   }
   void attention_forward(Tensor& out, Tensor& saved, const Tensor& qkv, int B, int T, int NH, int HS) override {
     saved = Tensor::empty({B, NH, T}, DType::F32, Device::CUDA);  // log-sum-exp per row
@@ -173,7 +193,17 @@ class CudaBackend final : public Backend {
   }
   static const bf16* cb(const Tensor& t) { return b(t); }
   float* v(int i) { return (*store_)[i].value.f32(); }
-  float* g(int i) { return (*store_)[i].grad.f32(); }
+  // A gradient to add into (scatter-adds): zeroed first if still stale this step.
+  float* g(int i) {
+    store_->zero_if_stale(i);
+    return (*store_)[i].grad.f32();
+  }
+  // A gradient its op may overwrite: `first` says whether this is the step's first write
+  // (ParamStore::mark_grads_stale), which the op then makes with = instead of +=.
+  float* gw(int i, bool& first) {
+    first = store_->take_stale(i);
+    return (*store_)[i].grad.f32();
+  }
   const bf16* wb(int i) { return weights_.data<bf16>() + (*store_)[i].flat_offset; }
   Tensor stats(Shape sh) { return Tensor::empty(std::move(sh), DType::F32, Device::CUDA); }
   // Vocab-parallel softmax cross-entropy of N rows: each shard's max and sum of exponentials

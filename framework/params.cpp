@@ -165,8 +165,18 @@ Param* ParamStore::find(const std::string& name) {
 
 void ParamStore::zero_grads() {
   grads_.zero_();
-  for (Param& p : params_) p.ready = false;
+  for (Param& p : params_) p.ready = false, p.grad_stale = false;
   for (Bucket& b : buckets_) b.pending = int(b.params.size());
+}
+
+void ParamStore::mark_grads_stale() {
+  // The buckets' padding is never written by an op: zeroed once by finalize, it stays zero.
+  for (Param& p : params_) p.ready = false, p.grad_stale = true;
+  for (Bucket& b : buckets_) b.pending = int(b.params.size());
+}
+
+void ParamStore::zero_if_stale(int i) {
+  if (take_stale(i)) params_[i].grad.zero_();
 }
 
 }  // namespace braid

@@ -42,6 +42,7 @@ struct Param {
   Tensor value, grad;  // views into the store's flat buffers, shape local_shape()
   int64_t flat_offset = 0;
   bool ready = false;  // gradient final for this step (set by backward)
+  bool grad_stale = false;  // holds an earlier step's gradient: its first write overwrites (mark_grads_stale)
 };
 
 struct Bucket {
@@ -77,6 +78,17 @@ class ParamStore {
   Tensor& flat_grads() { return grads_; }
   int64_t flat_size() const { return values_.numel(); }
   void zero_grads();
+  // Lazy zeroing (the trainer's steps): instead of a pass that zeroes every gradient, each
+  // is marked stale; the first backward op that writes a stale gradient overwrites it
+  // (the GPU's weight-gradient GEMMs with beta 0) or zeroes it first (take_stale), and a
+  // gradient that no op wrote is zeroed before it is read (zero_if_stale).
+  void mark_grads_stale();
+  bool take_stale(int i) {  // true once per step: the caller must overwrite or zero grad i
+    const bool s = params_[i].grad_stale;
+    params_[i].grad_stale = false;
+    return s;
+  }
+  void zero_if_stale(int i);
 
  private:
   std::vector<Param> params_;

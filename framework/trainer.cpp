@@ -178,6 +178,7 @@ void Trainer::load_batch(int64_t position, DataLoader& loader, int microbatches,
 }
 
 void Trainer::on_param_final(int i) {
+  store_.zero_if_stale(i);  // final without having been written: zero, not last step's
   Param& p = store_[i];
   int b = store_.bucket_of(i);
   // Sequence parallelism: each TP rank saw only its sequence slice, so replicated
@@ -213,10 +214,10 @@ StepResult Trainer::train_step() {
 
   reducer_->reset();  // before zeroing: an in-place reduce-scatter still pending would write into them
   for (auto& v : sp_pending_) v.clear();  // (empty after a completed step; waits otherwise)
-  {
-    prof::Scope p("zero gradients");
-    store_.zero_grads();
-  }
+  // No pass that zeroes the gradients: each op's first write of a step overwrites its
+  // gradient (ParamStore::mark_grads_stale), which also saves the GPU's weight-gradient
+  // GEMMs the read of the old values.
+  store_.mark_grads_stale();
   polls_ = 0;
   double loss_sum = 0;
   try {
@@ -227,6 +228,7 @@ StepResult Trainer::train_step() {
     // the same buckets), so the DP group is idle for the checkpoint's collectives. The
     // gradients are dropped; parameters, optimizer state, step and data position are
     // still those of the last completed step.
+    for (int i = 0; i < store_.size(); ++i) store_.zero_if_stale(i);
     for (size_t b = 0; b < store_.buckets().size(); ++b)
       if (!reducer_->launched(int(b))) launch_bucket(int(b));
     reducer_->wait_all();
@@ -238,6 +240,7 @@ StepResult Trainer::train_step() {
               "pipeline engine polled " << polls_ << " times for " << stop_check_after_.size() << " actions");
   // The tied embedding is final only now (its bucket is alone): reduce it over DP, then
   // sum the first and last stage's copies.
+  for (int i = 0; i < store_.size(); ++i) store_.zero_if_stale(i);  // none written, none final: zero
   {
     prof::Scope p("gradient reduction: last buckets, wait for all");
     for (size_t b = 0; b < store_.buckets().size(); ++b)

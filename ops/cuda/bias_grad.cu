@@ -105,7 +105,7 @@ size_t bias_backward_scratch_bytes(int64_t N, int OC) {  // the larger of the tw
 }
 
 void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int OC,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, bool overwrite) {
   if (N == 0 || OC == 0) return;
   BRAID_CHECK(scratch != nullptr, "bias_backward needs scratch (bias_backward_scratch_bytes)");
   float* partial = static_cast<float*>(scratch);
@@ -119,7 +119,7 @@ void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int
     bias_partials_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
   }
   BRAID_CHECK_LAUNCH();
-  column_finalize(dbias, nullptr, OC, partial, rows, OC, stream);
+  column_finalize(dbias, nullptr, OC, partial, rows, OC, stream, overwrite);
 }
 
 }  // namespace braid::cuda

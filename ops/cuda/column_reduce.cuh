@@ -11,12 +11,13 @@
 
 namespace braid::cuda {
 
-// dst[c] += sum_r partial[r * cols + c] for c < cols; dst may be split in two (dst_lo gets
-// columns [0, split), dst_hi columns [split, cols)); a null half is skipped.
+// dst[c] += sum_r partial[r * cols + c] for c < cols (dst[c] = ... with overwrite); dst may
+// be split in two (dst_lo gets columns [0, split), dst_hi columns [split, cols)); a null
+// half is skipped.
 // static: this header is included by several translation units.
 static __global__ void __launch_bounds__(1024)
 column_finalize_kernel(float* dst_lo, float* dst_hi, int split, const float* partial,
-                       int64_t rows, int cols) {
+                       int64_t rows, int cols, bool overwrite) {
   __shared__ float s[32][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * 32 + tx;
@@ -31,14 +32,14 @@ column_finalize_kernel(float* dst_lo, float* dst_hi, int split, const float* par
     for (int k = 0; k < 32; ++k) total += s[k][tx];
     float* dst = c < split ? dst_lo : dst_hi;
     const int j = c < split ? c : c - split;
-    if (dst) dst[j] += total;
+    if (dst) dst[j] = overwrite ? total : dst[j] + total;
   }
 }
 
 inline void column_finalize(float* dst_lo, float* dst_hi, int split, const float* partial,
-                            int64_t rows, int cols, cudaStream_t stream) {
+                            int64_t rows, int cols, cudaStream_t stream, bool overwrite = false) {
   column_finalize_kernel<<<unsigned(ceil_div(cols, 32)), dim3(32, 32), 0, stream>>>(
-      dst_lo, dst_hi, split, partial, rows, cols);
+      dst_lo, dst_hi, split, partial, rows, cols, overwrite);
   BRAID_CHECK_LAUNCH();
 }
 

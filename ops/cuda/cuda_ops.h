@@ -76,14 +76,14 @@ void residual_layernorm_forward(bf16* residual, bf16* out, float* mean, float* r
 void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, const float* w,
                        const float* bias, int64_t N, int C, cudaStream_t stream);
 // dinp (=/+=) LN backward in fp32; dw += sum_n xhat * dout, db += sum_n dout (fp32,
-// deterministic through `scratch`). dw or db may be null.
+// deterministic through `scratch`; = instead of += with overwrite_params). dw or db may be null.
 size_t layernorm_backward_scratch_bytes(int64_t N, int C);
 // Testing: route 16-byte rows to the loop kernels instead of the register-row kernels
 // (process-wide), so that a test can compare the two bit for bit.
 void layernorm_force_loop_kernels(bool on);
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,
                         const bf16* inp, const float* w, const float* mean, const float* rstd,
-                        int64_t N, int C, bool accumulate, cudaStream_t stream);
+                        int64_t N, int C, bool accumulate, cudaStream_t stream, bool overwrite_params = false);
 
 // ---------------------------------------------------------------------------------------
 // Pointwise ops (elementwise.cu)
@@ -123,11 +123,13 @@ void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf1
                     const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,
                     cudaStream_t stream);
 // dinp[N,IC] (=/+=) dout[N,OC] @ w[OC,IC] (bf16 out); dw[OC,IC] += dout^T @ inp (bf16
-// inputs, fp32 C/D, beta 1); dbias[OC] += sum_n dout (fp32, by bias_backward through
-// `scratch`, sized by bias_backward_scratch_bytes(N, OC)). Any of dinp/dw/dbias may be null.
+// inputs, fp32 C/D, beta 1; = with beta 0 when overwrite_dw); dbias[OC] += sum_n dout (fp32,
+// by bias_backward through `scratch`, sized by bias_backward_scratch_bytes(N, OC); = when
+// overwrite_dbias). Any of dinp/dw/dbias may be null.
 void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias,
                      void* scratch, const bf16* dout, const bf16* inp, const bf16* w, int64_t N,
-                     int IC, int OC, bool accumulate_dinp, cudaStream_t stream);
+                     int IC, int OC, bool accumulate_dinp, cudaStream_t stream, bool overwrite_dw = false,
+                     bool overwrite_dbias = false);
 // How the last matmul_forward applied bias/GELU (for logs and tests): in cuBLASLt's epilogue
 // with the fp32 bias; in the epilogue with the bias rounded to bf16 (when cuBLASLt takes no
 // fp32 bias for a bf16 output; the addition is still fp32 with one rounding of out); or in a
@@ -146,7 +148,7 @@ EpiloguePath matmul_last_epilogue_path();
 size_t matmul_backward_dgelu_scratch_bytes(int64_t N, int IC);
 void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float* dbias_pre, void* scratch,
                            const bf16* dout, const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
-                           int OC, cudaStream_t stream);
+                           int OC, cudaStream_t stream, bool overwrite_dw = false, bool overwrite_dbias = false);
 EpiloguePath matmul_last_dgelu_path();
 bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogue
 
@@ -159,10 +161,11 @@ bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogu
 void set_gemm_autotune(bool on);
 int gemm_autotuned_shapes();  // configurations whose candidates were timed so far
 
-// dbias[OC] += sum_n dout[n, :], deterministic (per-block partials, fixed-order sum).
+// dbias[OC] += sum_n dout[n, :] (= with overwrite), deterministic (per-block partials,
+// fixed-order sum).
 size_t bias_backward_scratch_bytes(int64_t N, int OC);
 void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int OC,
-                   cudaStream_t stream);
+                   cudaStream_t stream, bool overwrite = false);
 
 // ---------------------------------------------------------------------------------------
 // Vocab-parallel softmax cross-entropy (cross_entropy.cu), the pieces of ops/ops.h over

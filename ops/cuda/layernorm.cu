@@ -384,7 +384,7 @@ size_t layernorm_backward_scratch_bytes(int64_t N, int C) {
 
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,
                         const bf16* inp, const float* w, const float* mean, const float* rstd,
-                        int64_t N, int C, bool accumulate, cudaStream_t stream) {
+                        int64_t N, int C, bool accumulate, cudaStream_t stream, bool overwrite_params) {
   if (N == 0 || (!dinp && !dw && !db)) return;
   const bool params = dw || db;
   BRAID_CHECK(!params || scratch != nullptr,
@@ -416,7 +416,7 @@ void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const b
   } else {
     launch(layernorm_backward_kernel<1>);
   }
-  if (params) column_finalize(dw, db, C, partial, blocks, 2 * C, stream);
+  if (params) column_finalize(dw, db, C, partial, blocks, 2 * C, stream, overwrite_params);
 }
 
 }  // namespace braid::cuda

@@ -316,7 +316,8 @@ void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf1
 
 void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias,
                      void* scratch, const bf16* dout, const bf16* inp, const bf16* w, int64_t N,
-                     int IC, int OC, bool accumulate_dinp, cudaStream_t stream) {
+                     int IC, int OC, bool accumulate_dinp, cudaStream_t stream, bool overwrite_dw,
+                     bool overwrite_dbias) {
   if (N == 0) return;
   BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
               "matmul_backward: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
@@ -334,14 +335,15 @@ void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias
     s.m = IC, s.n = OC, s.k = N;
     s.lda = IC, s.ldb = OC, s.ldd = IC;
     s.d_type = CUDA_R_32F;
-    BRAID_CHECK(run_gemm(gemm, s, inp, dout, dw, 1.f, nullptr, nullptr, stream),
+    // beta 0 for the step's first write of dw: the old values are not even read.
+    BRAID_CHECK(run_gemm(gemm, s, inp, dout, dw, overwrite_dw ? 0.f : 1.f, nullptr, nullptr, stream),
                 "cuBLASLt has no algorithm for the dw GEMM (bf16 x bf16 -> fp32)");
   }
   // The bias gradient by its own pass over dout, not by the dW GEMM's BGRADB epilogue:
   // BGRADB (a reduction along the GEMM's K) slowed the dW GEMMs by 0.02-0.10 ms each on an
   // H100, more than the pass costs (bench_kernels: 1.5B fc dW 0.229 ms alone, 0.329 with
   // BGRADB, bias_backward 0.047 ms).
-  if (dbias) bias_backward(dbias, scratch, dout, N, OC, stream);
+  if (dbias) bias_backward(dbias, scratch, dout, N, OC, stream, overwrite_dbias);
 }
 
 size_t matmul_backward_dgelu_scratch_bytes(int64_t N, int IC) {
@@ -350,7 +352,7 @@ size_t matmul_backward_dgelu_scratch_bytes(int64_t N, int IC) {
 
 void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float* dbias_pre, void* scratch,
                            const bf16* dout, const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
-                           int OC, cudaStream_t stream) {
+                           int OC, cudaStream_t stream, bool overwrite_dw, bool overwrite_dbias) {
   if (N == 0) return;
   BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
               "matmul_backward_dgelu: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
@@ -367,8 +369,12 @@ void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float*
     s.epilogue = CUBLASLT_EPILOGUE_DGELU_BGRAD;
     float* db = static_cast<float*>(scratch);
     if (run_gemm(gemm, s, w, dout, dpre, 0.f, db, aux, stream)) {
-      add_vector_kernel<<<unsigned(ceil_div(IC, 256)), 256, 0, stream>>>(dbias_pre, db, IC);
-      BRAID_CHECK_LAUNCH();
+      if (overwrite_dbias) {
+        BRAID_CHECK_CUDA(cudaMemcpyAsync(dbias_pre, db, size_t(IC) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+      } else {
+        add_vector_kernel<<<unsigned(ceil_div(IC, 256)), 256, 0, stream>>>(dbias_pre, db, IC);
+        BRAID_CHECK_LAUNCH();
+      }
       fused = bias_done = true;
     }
   }
@@ -382,8 +388,8 @@ void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float*
   }
   g_last_dgelu_path = int(fused ? EpiloguePath::Fused : EpiloguePath::SecondPass);
   g_last_dgelu_bias = bias_done;
-  if (dbias_pre && !bias_done) bias_backward(dbias_pre, scratch, dpre, N, IC, stream);
-  if (dw) matmul_backward(gemm, nullptr, dw, nullptr, nullptr, dout, inp, w, N, IC, OC, false, stream);
+  if (dbias_pre && !bias_done) bias_backward(dbias_pre, scratch, dpre, N, IC, stream, overwrite_dbias);
+  if (dw) matmul_backward(gemm, nullptr, dw, nullptr, nullptr, dout, inp, w, N, IC, OC, false, stream, overwrite_dw);
 }
 
 EpiloguePath matmul_last_dgelu_path() { return EpiloguePath(g_last_dgelu_path.load()); }
