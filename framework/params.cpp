@@ -170,7 +170,9 @@ void ParamStore::zero_grads() {
 }
 
 void ParamStore::mark_grads_stale() {
-  // The buckets' padding is never written by an op: zeroed once by finalize, it stays zero.
+  // The buckets' padding is never zeroed again: no op writes it, and the norm and AdamW
+  // walk the parameters' segments only (ZeRO-1's reduce-scatter and --inject-nan-at-step
+  // may leave anything there).
   for (Param& p : params_) p.ready = false, p.grad_stale = true;
   for (Bucket& b : buckets_) b.pending = int(b.params.size());
 }

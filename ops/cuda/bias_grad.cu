@@ -106,7 +106,10 @@ size_t bias_backward_scratch_bytes(int64_t N, int OC) {  // the larger of the tw
 
 void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int OC,
                    cudaStream_t stream, bool overwrite) {
-  if (N == 0 || OC == 0) return;
+  if (N == 0 || OC == 0) {  // a sum over no rows: an overwrite writes zeros
+    if (overwrite && OC > 0) BRAID_CHECK_CUDA(cudaMemsetAsync(dbias, 0, size_t(OC) * sizeof(float), stream));
+    return;
+  }
   BRAID_CHECK(scratch != nullptr, "bias_backward needs scratch (bias_backward_scratch_bytes)");
   float* partial = static_cast<float*>(scratch);
   const int64_t rows = partial_rows(dout, N, OC);

@@ -385,7 +385,11 @@ size_t layernorm_backward_scratch_bytes(int64_t N, int C) {
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,
                         const bf16* inp, const float* w, const float* mean, const float* rstd,
                         int64_t N, int C, bool accumulate, cudaStream_t stream, bool overwrite_params) {
-  if (N == 0 || (!dinp && !dw && !db)) return;
+  if (N == 0 || (!dinp && !dw && !db)) {  // sums over no rows: an overwrite writes zeros
+    if (overwrite_params && dw) BRAID_CHECK_CUDA(cudaMemsetAsync(dw, 0, size_t(C) * sizeof(float), stream));
+    if (overwrite_params && db) BRAID_CHECK_CUDA(cudaMemsetAsync(db, 0, size_t(C) * sizeof(float), stream));
+    return;
+  }
   const bool params = dw || db;
   BRAID_CHECK(!params || scratch != nullptr,
               "layernorm_backward needs scratch (layernorm_backward_scratch_bytes)");

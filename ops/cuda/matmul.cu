@@ -318,7 +318,11 @@ void matmul_backward(const GemmHandle& gemm, bf16* dinp, float* dw, float* dbias
                      void* scratch, const bf16* dout, const bf16* inp, const bf16* w, int64_t N,
                      int IC, int OC, bool accumulate_dinp, cudaStream_t stream, bool overwrite_dw,
                      bool overwrite_dbias) {
-  if (N == 0) return;
+  if (N == 0) {  // sums over no rows: an overwrite writes zeros
+    if (dw && overwrite_dw) BRAID_CHECK_CUDA(cudaMemsetAsync(dw, 0, size_t(OC) * IC * sizeof(float), stream));
+    if (dbias && overwrite_dbias) BRAID_CHECK_CUDA(cudaMemsetAsync(dbias, 0, size_t(OC) * sizeof(float), stream));
+    return;
+  }
   BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
               "matmul_backward: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
   if (dinp) {
@@ -353,7 +357,12 @@ size_t matmul_backward_dgelu_scratch_bytes(int64_t N, int IC) {
 void matmul_backward_dgelu(const GemmHandle& gemm, bf16* dpre, float* dw, float* dbias_pre, void* scratch,
                            const bf16* dout, const bf16* inp, const bf16* w, const bf16* pre, int64_t N, int IC,
                            int OC, cudaStream_t stream, bool overwrite_dw, bool overwrite_dbias) {
-  if (N == 0) return;
+  if (N == 0) {  // sums over no rows: an overwrite writes zeros
+    if (dw && overwrite_dw) BRAID_CHECK_CUDA(cudaMemsetAsync(dw, 0, size_t(OC) * IC * sizeof(float), stream));
+    if (dbias_pre && overwrite_dbias)
+      BRAID_CHECK_CUDA(cudaMemsetAsync(dbias_pre, 0, size_t(IC) * sizeof(float), stream));
+    return;
+  }
   BRAID_CHECK(IC % 8 == 0 && OC % 8 == 0,
               "matmul_backward_dgelu: IC (" << IC << ") and OC (" << OC << ") must be multiples of 8");
   BRAID_CHECK(dbias_pre == nullptr || scratch != nullptr,
