@@ -19,64 +19,26 @@
 #include <string>
 #include <vector>
 
-#define CK(x)                                                                          \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-#define CB(x)                                                                        \
-  do {                                                                               \
-    cublasStatus_t s_ = (x);                                                         \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                               \
-      std::fprintf(stderr, "%s:%d cublas status %d\n", __FILE__, __LINE__, int(s_)); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
+#include "bench/bench_util.cuh"
+#include "ops/cuda/cuda_check.h"
+
+#define CK(x) BRAID_CHECK_CUDA(x)
+#define CB(x) BRAID_CHECK_CUBLAS(x)
 
 namespace {
 
 constexpr double kPeakTflops = 790.0;  // measured bf16 cuBLAS peak on the H200 (8192^3)
 constexpr size_t kWorkspace = size_t(32) << 20;
 
-__global__ void fill(__nv_bfloat16* x, int64_t n, uint32_t seed) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    x[i] = __float2bfloat16(float(h & 0xFFFFFF) / float(0x1000000) - 0.5f);
-  }
-}
-
 void* alloc_random(int64_t elems, uint32_t seed) {
   void* p = nullptr;
   CK(cudaMalloc(&p, size_t(elems) * 2));
-  fill<<<2048, 256>>>(static_cast<__nv_bfloat16*>(p), elems, seed);
+  braid::bench::fill_bf16_kernel<<<2048, 256>>>(static_cast<__nv_bfloat16*>(p), elems, seed, 1.f);
   CK(cudaGetLastError());
   return p;
 }
 
-double median_ms(const std::function<void()>& fn, cudaStream_t stream) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<double> ms;
-  for (int i = 0; i < 20; ++i) {
-    CK(cudaEventRecord(a, stream));
-    fn();
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using braid::bench::median_ms;
 
 struct Gemm {  // D[m,n] (col-major) = op(A) op(B) + beta D, as matmul.cu's run_gemm sets it up
   std::string name;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.cuh"
 #include "ops/cuda/column_reduce.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
@@ -29,14 +30,6 @@ namespace {
 constexpr double kPeakTflops = 790.0;
 double g_copy_gbs = 0;  // measured device-to-device copy bandwidth (read + write), GB/s
 
-__global__ void fill_kernel(bf16* x, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    x[i] = __float2bfloat16((float(h & 0xFFFFFF) / float(0x1000000) - 0.5f) * scale);
-  }
-}
 __global__ void fill_f32_kernel(float* x, int64_t n, uint32_t seed, float scale, float offset) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -48,7 +41,7 @@ __global__ void fill_f32_kernel(float* x, int64_t n, uint32_t seed, float scale,
 
 bf16* random_bf16(int64_t n, uint32_t seed, float scale = 2.f) {
   auto* p = static_cast<bf16*>(device_alloc(size_t(n) * sizeof(bf16)));
-  fill_kernel<<<4096, 256>>>(p, n, seed, scale);
+  bench::fill_bf16_kernel<<<4096, 256>>>(p, n, seed, scale);
   BRAID_CHECK_LAUNCH();
   return p;
 }
@@ -59,26 +52,7 @@ float* random_f32(int64_t n, uint32_t seed, float scale = 2.f, float offset = 0.
   return p;
 }
 
-double median_ms(const std::function<void()>& fn, cudaStream_t stream) {
-  cudaEvent_t a, b;
-  BRAID_CHECK_CUDA(cudaEventCreate(&a));
-  BRAID_CHECK_CUDA(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<double> ms;
-  for (int i = 0; i < 20; ++i) {
-    BRAID_CHECK_CUDA(cudaEventRecord(a, stream));
-    fn();
-    BRAID_CHECK_CUDA(cudaEventRecord(b, stream));
-    BRAID_CHECK_CUDA(cudaEventSynchronize(b));
-    float t = 0;
-    BRAID_CHECK_CUDA(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  BRAID_CHECK_CUDA(cudaEventDestroy(a));
-  BRAID_CHECK_CUDA(cudaEventDestroy(b));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using bench::median_ms;
 
 void report_flops(const std::string& name, double ms, double flops) {
   const double tflops = flops / (ms * 1e-3) / 1e12;
