@@ -64,4 +64,49 @@ TEST(ParamInit, EveryElementIsItsSingleThreadedDefinition) {
 }
 
 }  // namespace
+// Lazy gradient zeroing (Trainer's steps): mark_grads_stale leaves the values alone and
+// hands each gradient out as stale exactly once (its first op overwrites it); a gradient
+// nobody took is zeroed by zero_if_stale, one that was taken is left as its op wrote it;
+// zero_grads zeroes eagerly and clears the stale marks; bucket bookkeeping is reset.
+TEST(ParamStore, LazyZeroingHandsEachGradientOutOnce) {
+  ParamStore store;
+  ParamSpec a{"a", {4, 3}, -1, 0, 0, 0, InitKind::Normal, 0.02f};
+  ParamSpec b{"b", {5}, -1, 0, 0, 0, InitKind::Zeros};
+  store.add(a);
+  store.add(b);
+  store.finalize(int64_t(1) << 20, 2);
+  auto fill = [&](int i, float x) {
+    float* g = store[i].grad.f32();
+    for (int64_t k = 0; k < store[i].grad.numel(); ++k) g[k] = x;
+  };
+  auto all_equal = [&](int i, float x) {
+    const float* g = store[i].grad.f32();
+    for (int64_t k = 0; k < store[i].grad.numel(); ++k)
+      if (g[k] != x) return false;
+    return true;
+  };
+  fill(0, 3.f);
+  fill(1, 4.f);
+  store.buckets()[0].pending = 0;
+  store.mark_grads_stale();
+  EXPECT_TRUE(all_equal(0, 3.f)) << "marking must not touch the values (no pass over them)";
+  EXPECT_TRUE(all_equal(1, 4.f));
+  int params_in_buckets = 0;
+  for (const Bucket& bk : store.buckets()) params_in_buckets += bk.pending;
+  EXPECT_EQ(params_in_buckets, 2);
+  EXPECT_TRUE(store.take_stale(0));   // the first writer of "a" overwrites it
+  EXPECT_FALSE(store.take_stale(0));  // later writers add
+  fill(0, 7.f);                       // what that op wrote
+  store.zero_if_stale(0);             // written: left alone
+  store.zero_if_stale(1);             // never written this step: zeroed, not last step's 4
+  EXPECT_TRUE(all_equal(0, 7.f));
+  EXPECT_TRUE(all_equal(1, 0.f));
+  EXPECT_FALSE(store.take_stale(1));
+  store.mark_grads_stale();
+  store.zero_grads();  // eager: zero, and nothing stale any more
+  EXPECT_TRUE(all_equal(0, 0.f));
+  EXPECT_FALSE(store.take_stale(0));
+  EXPECT_FALSE(store.take_stale(1));
+}
+
 }  // namespace braid
