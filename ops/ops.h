@@ -2,7 +2,8 @@
 // contiguous row-major buffers; the Tensor-level entry points in ops/dispatch.h pick the
 // CPU or CUDA implementation from the tensor's device. Backward functions ACCUMULATE
 // (+=) into parameter and input gradients, so a tensor used twice (the tied embedding,
-// the residual stream) sums its gradients naturally; callers zero gradients once per step.
+// the residual stream) sums its gradients naturally; callers zero gradients once per step
+// (the trainer lazily: the CUDA backend then makes a step's first write with = instead).
 //
 // Shape letters, declared once:  N = B*T rows (tokens), B batch, T time, C channels,
 // OC/IC output/input channels of a linear layer, V vocabulary, NH heads, HS head size.

@@ -112,7 +112,7 @@ TEST(Profiler, Tp2TrainingStepsAreProfiledOpByOp) {
   }
   EXPECT_NEAR(entries_ms(r) + r.idle_ms, r.span_ms, 1e-9 * r.span_ms);
   // The marks lie inside the profiled steps, and all of a step but its data loading and
-  // bookkeeping lies between its first mark (zeroing the gradients) and its last (the
+  // bookkeeping lies between its first mark (the first forward op) and its last (the
   // bf16 weight refresh): the span is at most the steps' wall time and most of it.
   EXPECT_LE(r.span_ms, wall_ms * (1 + 1e-6));
   EXPECT_GE(r.span_ms, 0.5 * wall_ms);
