@@ -154,7 +154,7 @@ bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogu
 
 // GEMM algorithm choice for configurations not yet cached (process-wide). Off (default):
 // cuBLASLt's first heuristic answer, so a configuration runs the same kernel in every run.
-// On: the first call of a configuration times up to 8 heuristic candidates (1 warm-up + 3
+// On: the first call of a configuration times up to 8 heuristic candidates (2 warm-up + median of 9
 // timed runs each, into a scratch output so that accumulating GEMMs are not disturbed)
 // and keeps the fastest; the choice may then differ between runs (results within the
 // same rounding bounds, not bitwise equal).
