@@ -212,7 +212,7 @@ StepResult Trainer::train_step() {
   BRAID_CHECK(valid > 0, "global batch has no target tokens");
   const float scale = float(1.0 / double(valid));
 
-  reducer_->reset();  // before zeroing: an in-place reduce-scatter still pending would write into them
+  reducer_->reset();  // before this step's first gradient writes: an in-place reduce-scatter still pending would write into them
   for (auto& v : sp_pending_) v.clear();  // (empty after a completed step; waits otherwise)
   // No pass that zeroes the gradients: each op's first write of a step overwrites its
   // gradient (ParamStore::mark_grads_stale), which also saves the GPU's weight-gradient
