@@ -65,7 +65,7 @@ class CudaBackend final : public Backend {
     bool first_w = false, first_b = false;
     float* dw = gw(w, first_w);
     float* db = gw(bi, first_b);
-    if (first_w != first_b) {  // not seen (both are written by this op only): add into zeroed ones
+    if (first_w != first_b) {  // (never: only this op writes both) add into zeroed gradients
       if (first_w) (*store_)[w].grad.zero_();
       if (first_b) (*store_)[bi].grad.zero_();
       first_w = first_b = false;
@@ -92,12 +92,7 @@ class CudaBackend final : public Backend {
   }
   void matmul_backward_weight(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
                               int OC) override {
-    void* sc = bias >= 0 ? scratch(cuda::bias_backward_scratch_bytes(N, OC)) : nullptr;
-    bool first_w = false, first_b = false;
-    float* dw = gw(w, first_w);
-    float* db = bias >= 0 ? gw(bias, first_b) : nullptr;
-    cuda::matmul_backward(ctx_.gemm(), nullptr, dw, db, sc, cb(dout), cb(inp), wb(w), N, IC, OC, false, s(), first_w,
-                          first_b);
+    matmul_backward(nullptr, dout, inp, w, bias, N, IC, OC);  // the same without dinp
   }
   void matmul_backward_gelu(Tensor& dpre, const Tensor& dout, const Tensor& inp, const Tensor& pre, int w,
                             int bias, int pre_bias, int64_t N, int IC, int OC) override {
