@@ -230,7 +230,7 @@ int main(int argc, char** argv) {
       const std::string label = o.label.empty() ? (o.preset.empty() ? "custom" : o.preset) : o.label;
       char memory_opts[128];  // the options that trade memory for time
       std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s", cfg.recompute.c_str(),
-                    cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : "");
+                    cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : ", GEMMs heuristic");
       std::printf("braid-bench %s | %s | %s %s attention, %s | B=%d x accum %d x dp %d, T=%d | %.0f tok/s (%.0f per GPU) | "
                   "ms/step median %.2f min %.2f max %.2f | MFU %.1f%% HFU %.1f%% per GPU | peak memory %.2f GiB "
                   "allocator, %.2f GiB device | loss %.3f\n",

@@ -105,6 +105,14 @@ class Backend {
   virtual void* bf16_weight_copy() { return nullptr; }
   // The compute stream as a cudaStream_t on the GPU; null on the CPU.
   virtual void* cuda_compute_stream() { return nullptr; }
+  // Kernel choices timed at run time (CUDA GEMM algorithms under autotuning), kept in a
+  // file so that a resumed run takes the kernels of the run it continues and repeats its
+  // results bit for bit. load_tuning: the choices of `path` are taken where they apply (a
+  // missing file is no error); returns a warning when the file is unreadable or was
+  // written for another GPU model or library version (its choices are then not used).
+  // save_tuning: writes `path` atomically when choices were made since the last save.
+  virtual std::string load_tuning(const std::string& /*path*/) { return {}; }
+  virtual bool save_tuning(const std::string& /*path*/) { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -140,6 +140,8 @@ class ProfilingBackend final : public Backend {
   void synchronize() override { in_->synchronize(); }
   void* cuda_compute_stream() override { return in_->cuda_compute_stream(); }
   void* bf16_weight_copy() override { return in_->bf16_weight_copy(); }
+  std::string load_tuning(const std::string& path) override { return in_->load_tuning(path); }
+  bool save_tuning(const std::string& path) override { return in_->save_tuning(path); }
 
  private:
   std::unique_ptr<Backend> in_;

@@ -80,7 +80,7 @@ po::options_description train_options(TrainConfig& c) {
     ("quiet", po::bool_switch(&c.quiet), "no console log lines (metrics.jsonl is still written)")
     ("device", po::value(&c.device)->default_value("cpu"), "cpu | cuda (bf16 compute, fp32 master weights; one GPU per node-local rank)")
     ("attention", po::value(&c.attention)->default_value("braid"), "CUDA attention: braid (Braid's flash kernel) | cudnn")
-    ("gemm-autotune", po::bool_switch(&c.gemm_autotune), "CUDA: time up to 8 of cuBLASLt's candidate algorithms at each GEMM shape's first call and keep the fastest (default: the heuristic's first; with autotuning the choice, and so the low bits of results, may differ between runs)")
+    ("gemm-algos", po::value(&c.gemm_algos)->default_value("auto"), "CUDA GEMM algorithms: autotune (time up to 8 of cuBLASLt's candidates at each GEMM shape's first call and keep the fastest; the choices are recorded in OUT/tuning/ and a resumed run takes them, so it repeats the uninterrupted run bit for bit, while a fresh run may choose otherwise and differ in the low bits) | heuristic (cuBLASLt's first answer: the same kernels in every run, slower by 1-3%) | auto (autotune on CUDA; nothing to choose on the CPU)")
     ("tp-comm-chunks", po::value(&c.tp_comm_chunks)->default_value(1), "tensor parallelism without --sequence-parallel: the forward's row-parallel GEMMs (attention output projection, MLP output) run in this many row blocks, each block's all-reduce overlapping the next block's GEMM (1 = one GEMM, then its all-reduce)")
     ("loss-chunk-mib", po::value(&c.loss_chunk_mib)->default_value(256), "LM head and loss over row chunks whose logits take at most this many MiB; a training forward runs the head's backward chunk by chunk, so the [tokens, vocab] logits never exist whole (0 = one logits tensor kept until backward)")
     ("recompute", po::value(&c.recompute)->default_value("gelu"), "activations recomputed in the backward instead of stored: gelu (GELU's output, one elementwise pass per layer; saves a quarter of each layer's activations) | full (each layer keeps only its input and runs its forward again right before its backward: about a third more compute, one layer's activations instead of all) | none")
@@ -138,6 +138,7 @@ bool parse_train_config(const std::vector<std::string>& args, TrainConfig& cfg,
     throw InputError(std::string(e.what()) + " (see braid-train --help)");
   }
   cfg.pp_layers = parse_int_list(vm["pp-layers"].as<std::string>(), "--pp-layers");
+  cfg.gemm_autotune = cfg.gemm_algos == "autotune" || (cfg.gemm_algos == "auto" && cfg.device == "cuda");
   if (!cfg.plan_json.empty()) cfg.plan = true;
   cfg.inject_nan_at_steps = parse_int_list(vm["inject-nan-at-step"].as<std::string>(), "--inject-nan-at-step");
   cfg.inject_collective_mismatch =
@@ -209,7 +210,10 @@ void validate_train_config(const TrainConfig& c, int world_size) {
   // Options that contradict each other: refused rather than one silently ignored.
   BRAID_REQUIRE(c.stop_after <= c.steps, "--stop-after " << c.stop_after << " is past --steps " << c.steps
                                                          << ": the run would end before it");
-  BRAID_REQUIRE(c.device == "cuda" || !c.gemm_autotune, "--gemm-autotune tunes CUDA GEMMs but --device is " << c.device);
+  BRAID_REQUIRE(c.gemm_algos == "auto" || c.gemm_algos == "autotune" || c.gemm_algos == "heuristic",
+                "--gemm-algos must be auto, autotune or heuristic (got '" << c.gemm_algos << "')");
+  BRAID_REQUIRE(c.device == "cuda" || c.gemm_algos == "auto",
+                "--gemm-algos " << c.gemm_algos << " chooses CUDA GEMM kernels but --device is " << c.device);
   BRAID_REQUIRE(c.device == "cuda" || c.attention == "braid",
                 "--attention " << c.attention << " is a CUDA kernel but --device is " << c.device);
   BRAID_REQUIRE(c.device == "cuda" || c.comm != "nccl", "--comm nccl needs --device cuda (NCCL moves GPU memory)");

@@ -43,7 +43,8 @@ struct TrainConfig {
   bool quiet = false;
   std::string device = "cpu";       // cpu | cuda
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
-  bool gemm_autotune = false;       // time cuBLASLt's candidates per GEMM shape (CUDA)
+  std::string gemm_algos = "auto";  // auto | autotune | heuristic: how CUDA GEMM algorithms are chosen
+  bool gemm_autotune = false;       // derived: time cuBLASLt's candidates per GEMM shape (CUDA)
   bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
   int tp_comm_chunks = 1;           // row blocks of the row-parallel forward GEMMs, all-reduce overlapped

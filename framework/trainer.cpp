@@ -49,6 +49,12 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   });
   backend_ = cfg_.device == "cuda" ? make_cuda_backend(cfg_.local_device, cfg_.attention == "cudnn", cfg_.gemm_autotune) : make_cpu_backend();
   if (cfg_.profile_ops) backend_ = make_profiling_backend(std::move(backend_));
+  if (cfg_.gemm_autotune) {
+    // This rank's autotuned GEMM choices (OUT/tuning/): taken again by a resumed run.
+    tuning_path_ = (fs::path(cfg_.out_dir) / "tuning" / ("gemm-algos.rank" + std::to_string(g.world_rank) + ".json")).string();
+    const std::string warning = backend_->load_tuning(tuning_path_);
+    if (!warning.empty()) std::fprintf(stderr, "rank %d: warning: %s\n", g.world_rank, warning.c_str());
+  }
   if (cfg_.device == "cuda") use_nccl_where_possible();
   model_ = std::make_unique<Gpt>(cfg_.model, layout_, *groups_.tp, cfg_.micro_batch, *backend_);
   model_->set_loss_chunk_bytes(cfg_.loss_chunk_bytes());
@@ -473,6 +479,7 @@ StopRequest Trainer::train(const std::function<StopRequest()>& stop_requested) {
       std::optional<double> val;
       if ((cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0) || step_ == cfg_.steps) val = evaluate();
       log_step(r, val);
+      if (!tuning_path_.empty()) backend_->save_tuning(tuning_path_);  // when new shapes were tuned
       if (roll_back_if_diverging()) continue;
       if (stop_requested_ && step_ < last) stop = agree_stop();  // at the last step: done anyway
     }

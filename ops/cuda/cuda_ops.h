@@ -23,8 +23,10 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace braid::cuda {
@@ -160,6 +162,24 @@ bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogu
 // same rounding bounds, not bitwise equal).
 void set_gemm_autotune(bool on);
 int gemm_autotuned_shapes();  // configurations whose candidates were timed so far
+// Autotuned choices, kept so that a later process (a resumed run) takes the same kernels:
+// one record per configuration (shape, leading dimensions, types, epilogue, operand
+// alignments) with cuBLASLt's algorithm (an opaque struct that cuBLASLt documents as
+// serialisable for the same library version; gemm_algo_environment names the GPU model
+// and cuBLASLt version the records hold for).
+struct GemmAlgoRecord {
+  std::vector<int64_t> config;
+  std::array<uint64_t, 8> algo{};
+};
+std::string gemm_algo_environment();
+std::vector<GemmAlgoRecord> gemm_algos_tuned();  // timed (or taken from preloaded records) so far
+// With autotuning on, a configuration's first call takes its preloaded record instead of
+// timing, when cuBLASLt accepts the algorithm for it (cublasLtMatmulAlgoCheck).
+void gemm_algos_preload(const std::vector<GemmAlgoRecord>& records);
+int gemm_algos_reused();  // configurations that took a preloaded record so far
+// Forgets every choice and record (each configuration chooses again at its next call), as
+// in a new process: for tests of a resumed run.
+void gemm_algo_cache_reset();
 
 // dbias[OC] += sum_n dout[n, :] (= with overwrite), deterministic (per-block partials,
 // fixed-order sum).

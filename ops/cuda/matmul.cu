@@ -8,9 +8,11 @@
 //   dw       D = dw^T [IC x OC]:  m=IC, n=OC, k=N,  A = inp (stored IC x N,  op N),
 //                                 B = dout (stored OC x N, op T)
 // The algorithm for a configuration (shape, types, epilogue, pointer alignments) is chosen
-// once by cuBLASLt's heuristic (told the operands' actual alignment) and cached, so every
-// call of a shape runs the same kernel:
-// results are reproducible run to run.
+// once and cached, so every call of a shape runs the same kernel: cuBLASLt's heuristic's
+// first answer (told the operands' actual alignment; reproducible run to run), or with
+// autotuning the fastest of its candidates, timed at the configuration's first call.
+// Timed choices can be exported and preloaded (gemm_algos_tuned / gemm_algos_preload),
+// so that a resumed run takes the same kernels as the run it continues.
 #include <algorithm>
 #include <atomic>
 #include <map>
@@ -70,6 +72,10 @@ using AlgoKey = std::tuple<cublasLtHandle_t, bool, bool, int64_t, int64_t, int64
 struct AlgoCache {
   std::mutex mu;
   std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>> algos;  // false: unsupported
+  // Autotuned choices by configuration (the key without its handle): those timed or taken
+  // from `preloaded` in this process (exported), and those handed in to take instead of timing.
+  std::map<std::vector<int64_t>, cublasLtMatmulAlgo_t> tuned, preloaded;
+  int reused = 0;
 };
 AlgoCache& algo_cache() {
   static AlgoCache* c = new AlgoCache();  // process lifetime, like the handles it serves
@@ -87,6 +93,10 @@ __global__ void add_vector_kernel(float* dst, const float* src, int n) {
 }
 
 std::atomic<int> g_tuned_shapes{0};  // configurations whose candidates were timed
+
+std::vector<int64_t> config_of(const AlgoKey& k) {
+  return std::apply([](cublasLtHandle_t, auto... v) { return std::vector<int64_t>{int64_t(v)...}; }, k);
+}
 
 // Times each candidate on `stream` (2 warm-up runs, then the median of 9 runs each between
 // two events; D replaced by a scratch buffer, so beta = 1 GEMMs do not accumulate into the
@@ -215,12 +225,30 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
       cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
       int count = 0;
       const bool tune = g_autotune.load();
-      const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      const std::vector<int64_t> config = config_of(key);
+      // A recorded choice for this configuration, if cuBLASLt accepts it here.
+      bool recorded = false;
+      if (tune) {
+        auto pre = cache.preloaded.find(config);
+        cublasLtMatmulHeuristicResult_t check{};
+        if (pre != cache.preloaded.end() &&
+            cublasLtMatmulAlgoCheck(h.lt, desc.op, desc.a, desc.b, desc.d, desc.d, &pre->second, &check) ==
+                CUBLAS_STATUS_SUCCESS &&
+            check.workspaceSize <= ws) {
+          found = {true, pre->second};
+          cache.tuned[config] = pre->second;
+          ++cache.reused;
+          recorded = true;
+        }
+      }
+      const cublasStatus_t st = recorded ? CUBLAS_STATUS_SUCCESS : cublasLtMatmulAlgoGetHeuristic(
           h.lt, desc.op, desc.a, desc.b, desc.d, desc.d, desc.pref, tune ? kCandidates : 1, results, &count);
-      if (st == CUBLAS_STATUS_SUCCESS && count > 0) {
+      if (recorded) {
+      } else if (st == CUBLAS_STATUS_SUCCESS && count > 0) {
         const size_t d_bytes = size_t(s.ldd) * size_t(s.n) * (s.d_type == CUDA_R_32F ? 4 : 2);
         const int pick = tune && count > 1 ? fastest_algo(h, desc, results, count, A, B, d_bytes, beta, stream) : 0;
         found = {true, results[pick].algo};
+        if (tune) cache.tuned[config] = results[pick].algo;
       } else if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT || st == CUBLAS_STATUS_NOT_SUPPORTED ||
                  st == CUBLAS_STATUS_SUCCESS) {
         // An epilogue (or type) combination this cuBLASLt does not offer: cuBLASLt answers
@@ -264,6 +292,52 @@ __global__ void bias_gelu_kernel(bf16* out, bf16* pre_gelu, const float* bias, i
 EpiloguePath matmul_last_epilogue_path() { return EpiloguePath(g_last_path.load()); }
 void set_gemm_autotune(bool on) { g_autotune.store(on); }
 int gemm_autotuned_shapes() { return g_tuned_shapes.load(); }
+
+std::string gemm_algo_environment() {
+  int dev = 0;
+  BRAID_CHECK_CUDA(cudaGetDevice(&dev));
+  cudaDeviceProp p{};
+  BRAID_CHECK_CUDA(cudaGetDeviceProperties(&p, dev));
+  return std::string(p.name) + ", sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
+         std::to_string(p.multiProcessorCount) + " SMs, cuBLASLt " + std::to_string(cublasLtGetVersion());
+}
+
+std::vector<GemmAlgoRecord> gemm_algos_tuned() {
+  auto& cache = algo_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  std::vector<GemmAlgoRecord> out;
+  for (const auto& [config, algo] : cache.tuned) {
+    GemmAlgoRecord r{config, {}};
+    std::copy(std::begin(algo.data), std::end(algo.data), r.algo.begin());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+void gemm_algos_preload(const std::vector<GemmAlgoRecord>& records) {
+  auto& cache = algo_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  for (const GemmAlgoRecord& r : records) {
+    cublasLtMatmulAlgo_t a{};
+    std::copy(r.algo.begin(), r.algo.end(), std::begin(a.data));
+    cache.preloaded[r.config] = a;
+  }
+}
+
+void gemm_algo_cache_reset() {
+  auto& cache = algo_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  cache.algos.clear();
+  cache.tuned.clear();
+  cache.preloaded.clear();
+  cache.reused = 0;
+}
+
+int gemm_algos_reused() {
+  auto& cache = algo_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  return cache.reused;
+}
 
 void matmul_forward(const GemmHandle& gemm, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* w, const float* bias, int64_t N, int IC, int OC, bool gelu,

@@ -4,9 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "../test_util.h"
+#include "framework/checkpoint_format.h"
 #include "ops/device_memory.h"
+#ifdef BRAID_HAVE_CUDA
+#include "ops/cuda/cuda_ops.h"
+#endif
 
 namespace braid {
 namespace {
@@ -54,6 +59,48 @@ TEST(CudaTraining, TenLossesTrackTheCpuRun) {
     std::printf("cuda (%s attention) vs cpu: worst relative loss difference over 10 steps %.3g (loss %.4f -> %.4f)\n",
                 attention, worst, gpu.losses.front(), gpu.losses.back());
   }
+}
+
+// --gemm-algos autotune: each rank records its GEMM choices in OUT/tuning/, and a resumed
+// run (a new process: the algorithm cache is emptied) takes them instead of timing again,
+// so it repeats the uninterrupted run's losses bit for bit.
+TEST(CudaTraining, AutotunedRunResumesBitForBit) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (gpu_count() == 0) GTEST_SKIP() << "no GPU visible";
+  if (world != 1) GTEST_SKIP() << "one-rank test";
+#ifdef BRAID_HAVE_CUDA
+  struct Reset {  // heuristic choices again for the tests after this one, however it ends
+    ~Reset() { cuda::set_gemm_autotune(false), cuda::gemm_algo_cache_reset(); }
+  } reset;
+  auto data = test::make_token_dataset("cuda_tuned", 96, 1 << 15, 4096);
+  auto c = config(data, test::temp_dir("cuda_tuned_out"), "cuda", "cudnn");
+  c.gemm_algos = "autotune";
+  c.gemm_autotune = true;
+  c.steps = 6;
+  c.save_every = 3;
+  cuda::gemm_algo_cache_reset();
+  const int timed_before = cuda::gemm_autotuned_shapes();
+  const auto full = test::run_on_ranks(c, 1);
+  ASSERT_EQ(full.losses.size(), 6u);
+  const int timed = cuda::gemm_autotuned_shapes() - timed_before;
+  ASSERT_GT(timed, 0) << "no GEMM configuration had candidates to time";
+  const std::string file = c.out_dir + "/tuning/gemm-algos.rank0.json";
+  ASSERT_TRUE(std::filesystem::exists(file)) << file;
+
+  cuda::gemm_algo_cache_reset();
+  auto r = c;
+  r.resume = (std::filesystem::path(c.out_dir) / checkpoint_dir_name(3)).string();
+  ASSERT_TRUE(std::filesystem::is_directory(r.resume)) << r.resume;
+  const int timed_resume = cuda::gemm_autotuned_shapes();
+  const auto resumed = test::run_on_ranks(r, 1);
+  EXPECT_EQ(cuda::gemm_autotuned_shapes(), timed_resume) << "the resumed run timed GEMMs again";
+  EXPECT_GT(cuda::gemm_algos_reused(), 0);
+  ASSERT_EQ(resumed.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], full.losses[3 + i]) << "step " << 4 + i;
+  std::printf("autotuned run: %d GEMM configurations timed, %d taken from %s on resume\n", timed,
+              cuda::gemm_algos_reused(), file.c_str());
+#endif
 }
 
 // NCCL as the data plane. On one rank every group has one member, which still runs the

@@ -100,8 +100,10 @@ case_memory_option_values() {  # the memory and fault options of session 3, refu
     --loss-chunk-mib -1
   expect_error $CASE 2 "--checkpoint-timeout must be >= 0 seconds (0 = off), got -5" --data "$DATA" --out "$WORK/o" $M \
     --checkpoint-timeout -5
-  expect_error $CASE 2 "--gemm-autotune tunes CUDA GEMMs but --device is cpu" --data "$DATA" --out "$WORK/o" $M \
-    --gemm-autotune
+  expect_error $CASE 2 "--gemm-algos autotune chooses CUDA GEMM kernels but --device is cpu" --data "$DATA" \
+    --out "$WORK/o" $M --gemm-algos autotune
+  expect_error $CASE 2 "--gemm-algos must be auto, autotune or heuristic (got 'fastest')" --data "$DATA" \
+    --out "$WORK/o" $M --gemm-algos fastest
 }
 case_unknown_flag() { expect_error $CASE 2 "unrecognised option '--bogus'" --data "$DATA" --out "$WORK/o" $M --bogus 1; }
 case_unknown_config_key() {

@@ -705,6 +705,58 @@ TEST_F(CudaOps, GemmAutotuneLeavesResultsAlone) {
   expect_close_each("autotuned matmul dw (accumulated once)", dw.download(), ref_dw, tol);
 }
 
+// Recorded choices (what a resumed run loads from OUT/tuning/): after the cache is emptied,
+// as in a new process, a preloaded record is taken without timing and gives the tuned
+// run's bits; a record cuBLASLt refuses for the configuration (forged algorithm data) is
+// not taken: the configuration is timed again and still computes the product.
+TEST_F(CudaOps, GemmAlgoRecordsAreTakenAgain) {
+  const int64_t N = 200;
+  const int IC = 104, OC = 136;  // a shape used nowhere else here
+  std::mt19937 rng(17);
+  const VecF inp = random_bf16(rng, N * IC), w = random_bf16(rng, size_t(OC) * IC, 0.f, 0.1f);
+  Bf16 d_inp(inp), d_w(w), out(N * OC);
+  struct Tuning {  // off again, and the cache emptied, however the test ends
+    Tuning() { cuda::set_gemm_autotune(true), cuda::gemm_algo_cache_reset(); }
+    ~Tuning() { cuda::set_gemm_autotune(false), cuda::gemm_algo_cache_reset(); }
+  } on;
+  const cuda::GemmHandle gemm = ctx().gemm();
+  auto forward = [&] {
+    cuda::matmul_forward(gemm, out.get(), nullptr, d_inp.get(), d_w.get(), nullptr, N, IC, OC, false, stream);
+    return out.download();
+  };
+  int timed = cuda::gemm_autotuned_shapes();
+  const auto tuned_bits = forward();
+  ASSERT_EQ(cuda::gemm_autotuned_shapes() - timed, 1) << "cuBLASLt offered a single algorithm";
+  const std::vector<cuda::GemmAlgoRecord> records = cuda::gemm_algos_tuned();
+  ASSERT_EQ(records.size(), 1u);
+  // config = (transa, transb, m, n, k, ...): the forward is m = OC, n = N, k = IC.
+  EXPECT_EQ(records[0].config.at(2), OC);
+  EXPECT_EQ(records[0].config.at(3), N);
+  EXPECT_EQ(records[0].config.at(4), IC);
+
+  cuda::gemm_algo_cache_reset();
+  cuda::gemm_algos_preload(records);
+  timed = cuda::gemm_autotuned_shapes();
+  EXPECT_EQ(forward(), tuned_bits) << "the recorded algorithm must give the tuned run's bits";
+  EXPECT_EQ(cuda::gemm_autotuned_shapes(), timed) << "a recorded configuration was timed again";
+  EXPECT_EQ(cuda::gemm_algos_reused(), 1);
+  EXPECT_EQ(cuda::gemm_algos_tuned().size(), 1u) << "a taken record is exported again";
+
+  cuda::gemm_algo_cache_reset();
+  cuda::GemmAlgoRecord forged = records[0];
+  forged.algo.fill(~uint64_t(0));
+  cuda::gemm_algos_preload({forged});
+  timed = cuda::gemm_autotuned_shapes();
+  forward();
+  EXPECT_EQ(cuda::gemm_algos_reused(), 0) << "cuBLASLt's check should refuse forged algorithm data";
+  EXPECT_EQ(cuda::gemm_autotuned_shapes() - timed, 1);
+  VecD ref(N * OC, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int o = 0; o < OC; ++o)
+      for (int i = 0; i < IC; ++i) ref[n * OC + o] += double(inp[n * IC + i]) * w[size_t(o) * IC + i];
+  expect_emulated("matmul_forward after a refused record", out.download(), ref, rb(ref), kUBf16);
+}
+
 // ---- cross-entropy ---------------------------------------------------------------------
 
 TEST_F(CudaOps, VocabParallelCrossEntropy) {
