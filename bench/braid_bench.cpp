@@ -228,9 +228,12 @@ int main(int argc, char** argv) {
                                  (cfg.virtual_stages > 1 ? " v" + std::to_string(cfg.virtual_stages) : "") +
                                  (cfg.sequence_parallel ? " sp" : "");
       const std::string label = o.label.empty() ? (o.preset.empty() ? "custom" : o.preset) : o.label;
-      char memory_opts[128];  // the options that trade memory for time
-      std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s", cfg.recompute.c_str(),
-                    cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : ", GEMMs heuristic");
+      char memory_opts[192];  // the options that trade memory for time, and the speed options
+      std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s%s", cfg.recompute.c_str(),
+                    cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : ", GEMMs heuristic",
+                    cfg.optimizer_overlap_sms > 0
+                        ? (", AdamW beside the forward on " + std::to_string(cfg.optimizer_overlap_sms) + " SMs").c_str()
+                        : "");
       std::printf("braid-bench %s | %s | %s %s attention, %s | B=%d x accum %d x dp %d, T=%d | %.0f tok/s (%.0f per GPU) | "
                   "ms/step median %.2f min %.2f max %.2f | MFU %.1f%% HFU %.1f%% per GPU | peak memory %.2f GiB "
                   "allocator, %.2f GiB device | loss %.3f\n",
@@ -265,6 +268,7 @@ int main(int argc, char** argv) {
         j["recompute"] = cfg.recompute;
         j["loss_chunk_mib"] = cfg.loss_chunk_mib;
         j["gemm_autotune"] = cfg.gemm_autotune;
+        j["optimizer_overlap_sms"] = cfg.optimizer_overlap_sms;
         j["micro_batch"] = cfg.micro_batch;
         j["grad_accum"] = cfg.grad_accum;
         j["seq_len"] = m.seq_len;

@@ -17,6 +17,20 @@
 
 namespace braid {
 
+// Parameters updated asynchronously, beside the next step's forward (the overlapped
+// optimizer step, Optimizer::set_overlap). Before an op reads or writes parameter i (its
+// value, bf16 copy or gradient) the backend calls wait(i, stream): its compute stream then
+// waits for i's update. wait_all: for every update. pending(): an update may still be
+// running; reserved_sms(): the SMs it occupies meanwhile (the GEMMs leave them free).
+class ParamFence {
+ public:
+  virtual ~ParamFence() = default;
+  virtual void wait(int param, void* stream) = 0;
+  virtual void wait_all(void* stream) = 0;
+  virtual bool pending() const = 0;
+  virtual int reserved_sms() const = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -112,6 +126,9 @@ class Backend {
   // written for another GPU model or library version (its choices are then not used).
   // save_tuning: writes `path` atomically when choices were made since the last save.
   virtual std::string load_tuning(const std::string& /*path*/) { return {}; }
+  // The overlapped optimizer step's fence (null: none); the GPU backend honours it.
+  virtual void set_param_fence(ParamFence* /*fence*/) {}
+  virtual int sm_count() const { return 0; }  // the GPU's SMs; 0 on the CPU
   virtual bool save_tuning(const std::string& /*path*/) { return false; }
 };
 

@@ -34,17 +34,18 @@ class CudaBackend final : public Backend {
   }
   void* bf16_weight_copy() override { return weights_.raw(); }
   void refresh_weights() override {
+    if (fence_) fence_->wait_all(s());
     cuda::convert(weights_.data<bf16>(), store_->flat_values().f32(), store_->flat_size(), s());
   }
 
   void embedding_forward(Tensor& out, const std::vector<int32_t>& tokens, int wte) override {
-    const Param& p = (*store_)[wte];
+    const Param& p = param(wte);
     Tensor tok = upload(tokens);
     cuda::embedding_forward(b(out), tok.data<int32_t>(), p.value.f32(), int64_t(tokens.size()),
                             int(p.value.dim(1)), p.spec.shard_offset, p.spec.storage_rows, s());
   }
   void embedding_backward(const Tensor& dout, const std::vector<int32_t>& tokens, int wte) override {
-    const Param& p = (*store_)[wte];
+    const Param& p = param(wte);
     cuda::TokenRows tr = cuda::group_token_rows(tokens.data(), int64_t(tokens.size()),
                                                 p.spec.shard_offset, p.spec.storage_rows);
     if (tr.rows.empty()) return;
@@ -79,8 +80,10 @@ class CudaBackend final : public Backend {
                              first_w);
   }
   void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) override {
-    cuda::matmul_forward(ctx_.gemm(), b(out), nullptr, cb(inp), wb(w), bias >= 0 ? v(bias) : nullptr, N, IC,
-                         OC, false, s());
+    const bf16* wp = wb(w);
+    const float* bp = bias >= 0 ? v(bias) : nullptr;
+    gemm_sms();
+    cuda::matmul_forward(ctx_.gemm(), b(out), nullptr, cb(inp), wp, bp, N, IC, OC, false, s());
   }
   void matmul_backward(Tensor* dinp, const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N,
                        int IC, int OC) override {
@@ -88,11 +91,15 @@ class CudaBackend final : public Backend {
     bool first_w = false, first_b = false;
     float* dw = gw(w, first_w);
     float* db = bias >= 0 ? gw(bias, first_b) : nullptr;
-    cuda::matmul_backward(ctx_.gemm(), dinp ? b(*dinp) : nullptr, dw, db, sc, cb(dout), cb(inp), wb(w), N, IC, OC,
+    const bf16* wp = wb(w);
+    gemm_sms();
+    cuda::matmul_backward(ctx_.gemm(), dinp ? b(*dinp) : nullptr, dw, db, sc, cb(dout), cb(inp), wp, N, IC, OC,
                           false, s(), first_w, first_b);
   }
   void matmul_backward_input(Tensor& dinp, const Tensor& dout, int w, int64_t N, int IC, int OC) override {
-    cuda::matmul_backward(ctx_.gemm(), b(dinp), nullptr, nullptr, nullptr, cb(dout), nullptr, wb(w), N, IC, OC,
+    const bf16* wp = wb(w);
+    gemm_sms();
+    cuda::matmul_backward(ctx_.gemm(), b(dinp), nullptr, nullptr, nullptr, cb(dout), nullptr, wp, N, IC, OC,
                           false, s());
   }
   void matmul_backward_weight(const Tensor& dout, const Tensor& inp, int w, int bias, int64_t N, int IC,
@@ -107,10 +114,11 @@ class CudaBackend final : public Backend {
     bool first_w = false, first_pb = false, first_b = false;
     float* dw = gw(w, first_w);
     float* dpb = pre_bias >= 0 ? gw(pre_bias, first_pb) : nullptr;
+    float* db = bias >= 0 ? gw(bias, first_b) : nullptr;
+    gemm_sms();
     cuda::matmul_backward_dgelu(ctx_.gemm(), b(dpre), bias >= 0 ? nullptr : dw, dpb, sc, cb(dout), cb(inp), wb(w),
                                 cb(pre), N, IC, OC, s(), first_w, first_pb);
     if (bias >= 0) {
-      float* db = gw(bias, first_b);
       cuda::matmul_backward(ctx_.gemm(), nullptr, dw, db, scratch(cuda::bias_backward_scratch_bytes(N, OC)), cb(dout),
                             cb(inp), wb(w), N, IC, OC, false, s(), first_w, first_b);
     }
@@ -149,8 +157,10 @@ class CudaBackend final : public Backend {
   }
   void matmul_gelu_forward(Tensor& pre, Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC,
                            int OC) override {
-    cuda::matmul_forward(ctx_.gemm(), b(out), b(pre), cb(inp), wb(w), bias >= 0 ? v(bias) : nullptr, N, IC, OC,
-                         true, s());
+    const bf16* wp = wb(w);
+    const float* bp = bias >= 0 ? v(bias) : nullptr;
+    gemm_sms();
+    cuda::matmul_forward(ctx_.gemm(), b(out), b(pre), cb(inp), wp, bp, N, IC, OC, true, s());
   }
   double cross_entropy(Tensor& logits, const std::vector<int32_t>& targets, int64_t N, int Vl,
                        int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) override {
@@ -181,6 +191,8 @@ class CudaBackend final : public Backend {
     return out;
   }
   void synchronize() override { ctx_.synchronize(); }
+  void set_param_fence(ParamFence* fence) override { fence_ = fence; }
+  int sm_count() const override { return ctx_.properties().multiProcessorCount; }
   void* cuda_compute_stream() override {
     return static_cast<void*>(ctx_.compute_stream());
   }
@@ -239,19 +251,32 @@ class CudaBackend final : public Backend {
     return t.data<bf16>();
   }
   static const bf16* cb(const Tensor& t) { return b(t); }
-  float* v(int i) { return (*store_)[i].value.f32(); }
+  // Every access to a parameter goes through param(i): the overlapped optimizer step's fence.
+  Param& param(int i) {
+    if (fence_) fence_->wait(i, s());
+    return (*store_)[i];
+  }
+  float* v(int i) { return param(i).value.f32(); }
   // A gradient to add into (scatter-adds): zeroed first if still stale this step.
   float* g(int i) {
+    Param& p = param(i);
     store_->zero_if_stale(i);
-    return (*store_)[i].grad.f32();
+    return p.grad.f32();
   }
   // A gradient its op may overwrite: `first` says whether this is the step's first write
   // (ParamStore::mark_grads_stale), which the op then makes with = instead of +=.
   float* gw(int i, bool& first) {
+    Param& p = param(i);
     first = store_->take_stale(i);
-    return (*store_)[i].grad.f32();
+    return p.grad.f32();
   }
-  const bf16* wb(int i) { return weights_.data<bf16>() + (*store_)[i].flat_offset; }
+  const bf16* wb(int i) { return weights_.data<bf16>() + param(i).flat_offset; }
+  // The SMs the GEMMs are chosen for: all but those of an optimizer update still running.
+  void gemm_sms() {
+    cuda::set_gemm_sm_target(fence_ && fence_->pending() && fence_->reserved_sms() > 0
+                                 ? sm_count() - fence_->reserved_sms()
+                                 : 0);
+  }
   Tensor stats(Shape sh) { return Tensor::empty(std::move(sh), DType::F32, Device::CUDA); }
   // Vocab-parallel softmax cross-entropy of N rows: each shard's max and sum of exponentials
   // in one pass over its logits (online softmax), then, over TP shards, three all-reduces
@@ -302,6 +327,7 @@ class CudaBackend final : public Backend {
   Tensor weights_, scratch_;
   std::unique_ptr<cuda::CudnnAttention> cudnn_attention_;
   size_t saved_tuning_records_ = 0;
+  ParamFence* fence_ = nullptr;
 };
 
 }  // namespace

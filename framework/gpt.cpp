@@ -108,6 +108,25 @@ void Gpt::register_params(ParamStore& store, bool /*unused*/) {
 
 void Gpt::bind_backend() { be_.bind(*store_); }
 
+std::vector<std::vector<int>> Gpt::forward_param_groups() const {
+  std::vector<std::vector<int>> groups;
+  std::vector<bool> seen(size_t(store_->size()), false);
+  auto group = [&](std::initializer_list<int> params) {
+    std::vector<int> g;
+    for (int i : params)
+      if (i >= 0 && !seen[size_t(i)]) g.push_back(i), seen[size_t(i)] = true;
+    if (!g.empty()) groups.push_back(std::move(g));
+  };
+  for (const ModelChunk& ch : chunks_) {
+    if (ch.has_embedding) group({ch.wte, ch.wpe});
+    for (const LayerParams& lp : ch.layers)
+      group({lp.ln1w, lp.ln1b, lp.qkvw, lp.qkvb, lp.projw, lp.projb, lp.ln2w, lp.ln2b, lp.fcw, lp.fcb, lp.fcprojw,
+             lp.fcprojb});
+    if (ch.has_head) group({ch.lnfw, ch.lnfb, ch.wte});
+  }
+  return groups;
+}
+
 // ---- TP boundaries -------------------------------------------------------------------
 
 void Gpt::to_full_seq(const Tensor& local, Tensor& full) {

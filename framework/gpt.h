@@ -66,6 +66,9 @@ class Gpt {
   Backend& backend() { return be_; }
   ParamStore& store() { return *store_; }
   const std::vector<ModelChunk>& chunks() const { return chunks_; }
+  // This rank's parameters grouped in the order a forward reads them: per chunk the
+  // embedding tables, each layer's, the head's (Optimizer::set_overlap).
+  std::vector<std::vector<int>> forward_param_groups() const;
   const ModelConfig& config() const { return cfg_; }
   const ModelLayout& layout() const { return layout_; }
 

@@ -98,6 +98,10 @@ void Optimizer::set_bf16_copy(void* copy) {
 }
 bool Optimizer::writes_bf16_copy() const { return dev_ && dev_->bf16_copy != nullptr; }
 
+ParamFence* Optimizer::set_overlap(const std::vector<std::vector<int>>& groups, int sms, bool limit_gemms) {
+  return dev_ && !reducer_.zero() ? dev_->set_overlap(groups, sms, limit_gemms) : nullptr;
+}
+
 void Optimizer::step(float lr, const AdamWConfig& cfg) {
   ++t_;
   if (dev_) {

@@ -14,6 +14,8 @@
 
 namespace braid {
 
+class ParamFence;  // framework/backend.h
+
 struct AdamWConfig {
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f, grad_clip = 1.0f;
 };
@@ -33,6 +35,14 @@ class Optimizer {
   // so the caller need not convert the parameters again.
   void set_bf16_copy(void* copy);
   bool writes_bf16_copy() const;
+  // The overlapped update (GPU without ZeRO-1): step() enqueues AdamW group by group, in
+  // `groups` order (parameter indices in the order the next forward reads them), on a
+  // stream of its own with blocks for at most `sms` SMs, and returns; the returned fence
+  // (owned by the optimizer) makes the backend's compute stream wait for a group's update
+  // before it touches one of its parameters, so the update of later layers runs while the
+  // forward computes the earlier ones. Null where not supported (CPU, ZeRO-1).
+  // limit_gemms (default): the forward's GEMMs are meanwhile chosen for the other SMs.
+  ParamFence* set_overlap(const std::vector<std::vector<int>>& groups, int sms, bool limit_gemms = true);
 
   int64_t steps_taken() const { return t_; }
   // Bytes of the moments held in host memory (the CPU path; 0 when they live on the GPU).

@@ -33,7 +33,7 @@ struct ShardRange {
   int64_t begin = 0, size = 0, state_offset = 0;
 };
 
-struct CudaOptimizerState : Optimizer::DeviceState {
+struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   ParamStore& store;
   GradReducer& reducer;
   bool zero;
@@ -87,6 +87,82 @@ struct CudaOptimizerState : Optimizer::DeviceState {
     return sum;
   }
   void set_grad_scale(float sc) override { grad_scale = sc; }
+
+  // ---- the overlapped update (set_overlap) ----
+  struct Group {
+    int64_t lo = 0, hi = 0;  // flat range holding the group's segments
+    Tensor table;            // its segments, relative to lo
+    int count = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::vector<Group> groups;
+  std::vector<int> group_of;  // parameter -> group
+  size_t waited = 0;          // groups [0, waited) need no wait by the compute stream
+  int overlap_sms = 0, gemm_reserve = 0;
+  cudaStream_t side = nullptr;
+  cudaEvent_t grads_ready = nullptr;
+  ~CudaOptimizerState() override {
+    for (Group& g : groups)
+      if (g.done) cudaEventDestroy(g.done);
+    if (grads_ready) cudaEventDestroy(grads_ready);
+    if (side) cudaStreamDestroy(side);
+  }
+  ParamFence* set_overlap(const std::vector<std::vector<int>>& order, int sms, bool limit_gemms) override {
+    BRAID_CHECK(groups.empty(), "set_overlap called twice");
+    overlap_sms = sms;
+    gemm_reserve = limit_gemms ? sms : 0;
+    group_of.assign(size_t(store.size()), -1);
+    std::vector<std::vector<int>> lists = order;
+    std::vector<int> rest;  // parameters no group names: a last group
+    for (size_t g = 0; g < lists.size(); ++g)
+      for (int i : lists[g]) {
+        BRAID_CHECK(i >= 0 && i < store.size() && group_of[size_t(i)] < 0, "set_overlap: parameter " << i);
+        group_of[size_t(i)] = int(g);
+      }
+    for (int i = 0; i < store.size(); ++i)
+      if (group_of[size_t(i)] < 0) rest.push_back(i), group_of[size_t(i)] = int(lists.size());
+    if (!rest.empty()) lists.push_back(rest);
+    for (const std::vector<int>& list : lists) {
+      Group g;
+      std::vector<cuda::ParamSegment> segs;
+      g.lo = store.flat_size(), g.hi = 0;
+      for (int i : list) {
+        const Param& p = store[i];
+        g.lo = std::min(g.lo, p.flat_offset);
+        g.hi = std::max(g.hi, p.flat_offset + p.value.numel());
+      }
+      for (int i : list) {
+        const Param& p = store[i];
+        if (p.value.numel() > 0) segs.push_back({p.flat_offset - g.lo, p.value.numel(), p.spec.weight_decay ? 1 : 0, 0});
+      }
+      std::sort(segs.begin(), segs.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+      g.count = int(segs.size());
+      g.table = upload_segments(segs);
+      BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&g.done, cudaEventDisableTiming));
+      groups.push_back(std::move(g));
+    }
+    // A blocking stream: the legacy-stream copies of checkpoints and moments, and the next
+    // step's gradient norm, wait for its updates without being told.
+    BRAID_CHECK_CUDA(cudaStreamCreate(&side));
+    BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&grads_ready, cudaEventDisableTiming));
+    waited = groups.size();
+    return this;
+  }
+  // ParamFence. The side stream updates the groups in order, so group g's event covers
+  // every group before it.
+  void wait(int param, void* stream) override {
+    const size_t g = size_t(group_of[size_t(param)]);
+    if (g < waited) return;
+    BRAID_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), groups[g].done, 0));
+    waited = g + 1;
+  }
+  void wait_all(void* stream) override {
+    if (waited >= groups.size()) return;
+    BRAID_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), groups.back().done, 0));
+    waited = groups.size();
+  }
+  bool pending() const override { return waited < groups.size(); }
+  int reserved_sms() const override { return gemm_reserve; }
   // The device copy of grad_scale for adamw_update (null when it is 1), uploaded in stream
   // order with the kernels (all on the legacy stream).
   const float* scale_pointer() {
@@ -99,6 +175,22 @@ struct CudaOptimizerState : Optimizer::DeviceState {
     float* values = store.flat_values().f32();
     const float* scale = scale_pointer();
     grad_scale = 1.f;
+    if (!zero && !groups.empty()) {
+      // After everything the legacy stream has seen (the backward, through the gradient
+      // norm's copy to the host): group by group on the side stream.
+      BRAID_CHECK_CUDA(cudaEventRecord(grads_ready, nullptr));
+      BRAID_CHECK_CUDA(cudaStreamWaitEvent(side, grads_ready, 0));
+      auto* copy = static_cast<cuda::bf16*>(bf16_copy);
+      float* grads = store.flat_grads().f32();
+      for (Group& g : groups) {
+        cuda::adamw_update(values + g.lo, copy ? copy + g.lo : nullptr, grads + g.lo, m.f32() + g.lo,
+                           v.f32() + g.lo, g.table.data<cuda::ParamSegment>(), g.count, g.hi - g.lo, cfg, scale,
+                           side, overlap_sms);
+        BRAID_CHECK_CUDA(cudaEventRecord(g.done, side));
+      }
+      waited = 0;
+      return;
+    }
     if (!zero) {
       cuda::adamw_update(values, static_cast<cuda::bf16*>(bf16_copy), store.flat_grads().f32(), m.f32(), v.f32(),
                          seg_table(0), nsegs, total, cfg, scale, nullptr);

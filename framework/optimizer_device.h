@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "framework/backend.h"
 #include "framework/optimizer.h"
 
 namespace braid {
@@ -20,6 +21,9 @@ struct Optimizer::DeviceState {
   void* bf16_copy = nullptr;
   virtual void get_moments(std::vector<float>& m, std::vector<float>& v) = 0;
   virtual void set_moments(const std::vector<float>& m, const std::vector<float>& v) = 0;
+  virtual ParamFence* set_overlap(const std::vector<std::vector<int>>& /*groups*/, int /*sms*/, bool /*limit_gemms*/) {
+    return nullptr;
+  }
 };
 
 }  // namespace braid

@@ -142,6 +142,8 @@ class ProfilingBackend final : public Backend {
   void* bf16_weight_copy() override { return in_->bf16_weight_copy(); }
   std::string load_tuning(const std::string& path) override { return in_->load_tuning(path); }
   bool save_tuning(const std::string& path) override { return in_->save_tuning(path); }
+  void set_param_fence(ParamFence* fence) override { in_->set_param_fence(fence); }
+  int sm_count() const override { return in_->sm_count(); }
 
  private:
   std::unique_ptr<Backend> in_;

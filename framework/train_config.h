@@ -45,6 +45,8 @@ struct TrainConfig {
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
   std::string gemm_algos = "auto";  // auto | autotune | heuristic: how CUDA GEMM algorithms are chosen
   bool gemm_autotune = false;       // derived: time cuBLASLt's candidates per GEMM shape (CUDA)
+  int optimizer_overlap_sms = 0;    // CUDA: AdamW beside the next forward on this many SMs (0 = off)
+  bool overlap_limits_gemms = true; // testing: false leaves the forward's GEMMs on every SM
   bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
   int tp_comm_chunks = 1;           // row blocks of the row-parallel forward GEMMs, all-reduce overlapped

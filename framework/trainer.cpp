@@ -73,6 +73,15 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   sp_pending_.resize(store_.buckets().size());
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
   optimizer_->set_bf16_copy(backend_->bf16_weight_copy());  // AdamW writes the GEMM weights where it can
+  if (cfg_.optimizer_overlap_sms > 0) {
+    const int sms = backend_->sm_count();
+    BRAID_REQUIRE(cfg_.optimizer_overlap_sms < sms, "--optimizer-overlap-sms " << cfg_.optimizer_overlap_sms
+                                                    << " leaves no SM of this GPU's " << sms << " to the forward");
+    ParamFence* fence = optimizer_->set_overlap(model_->forward_param_groups(), cfg_.optimizer_overlap_sms,
+                                                cfg_.overlap_limits_gemms);
+    BRAID_CHECK(fence, "the overlapped optimizer step is not available here");
+    backend_->set_param_fence(fence);
+  }
   ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
   engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);
   if (g.pp == 1) {

@@ -33,13 +33,16 @@ struct AdamWScalars {
   float lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt;
 };
 
-__global__ void __launch_bounds__(kThreads)
+// Block b updates chunks b, b + gridDim.x, ... (one chunk each when the grid covers them
+// all; fewer, larger blocks when the update shares the GPU, adamw_update's max_blocks).
+template <int THREADS>
+__global__ void __launch_bounds__(THREADS)
 adamw_kernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
              const ParamSegment* seg, int num_segments, int64_t total, AdamWScalars k,
              const float* grad_scale) {
-  const int64_t start = int64_t(blockIdx.x) * kChunk;
-  const int64_t end = min(total, start + kChunk);
   const float gs = grad_scale ? *grad_scale : 1.f;
+  for (int64_t start = int64_t(blockIdx.x) * kChunk; start < total; start += int64_t(gridDim.x) * kChunk) {
+  const int64_t end = min(total, start + kChunk);
   for (int s = first_segment(seg, num_segments, start);
        s < num_segments && seg[s].offset < end; ++s) {
     const int64_t a = max(start, seg[s].offset);
@@ -58,6 +61,7 @@ adamw_kernel(float* param, bf16* param_bf16, const float* grad, float* m, float*
       param[i] = updated;
       if (param_bf16) param_bf16[i] = to_bf16(updated);
     }
+  }
   }
 }
 
@@ -124,7 +128,7 @@ __global__ void clip_scale_kernel(float* scale, const double* sum_sq, float max_
 
 void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
                   const ParamSegment* segments, int num_segments, int64_t total,
-                  const AdamWConfig& cfg, const float* grad_scale, cudaStream_t stream) {
+                  const AdamWConfig& cfg, const float* grad_scale, cudaStream_t stream, int max_blocks) {
   if (total == 0 || num_segments == 0) return;
   BRAID_CHECK(cfg.step >= 1, "adamw_update: step must be >= 1, got " << cfg.step);
   // Bias corrections in double on the host, exactly as the CPU op.
@@ -134,9 +138,15 @@ void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, f
                        float(cfg.lr / bc1), float(std::sqrt(bc2))};
   const int64_t blocks = ceil_div(total, kChunk);
   BRAID_CHECK(blocks < (int64_t(1) << 31), "adamw_update: too many elements");
-  adamw_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(param, param_bf16, grad, m, v,
-                                                          segments, num_segments, total, k,
-                                                          grad_scale);
+  if (max_blocks > 0 && blocks > max_blocks) {
+    // Sharing the GPU: blocks of 1024 threads, so that each one fills what an SM has for
+    // a GEMM's tile (registers) and the block scheduler spreads them one per SM.
+    adamw_kernel<1024><<<unsigned(max_blocks), 1024, 0, stream>>>(param, param_bf16, grad, m, v, segments,
+                                                                  num_segments, total, k, grad_scale);
+  } else {
+    adamw_kernel<kThreads><<<unsigned(blocks), kThreads, 0, stream>>>(param, param_bf16, grad, m, v, segments,
+                                                                      num_segments, total, k, grad_scale);
+  }
   BRAID_CHECK_LAUNCH();
 }
 

@@ -161,6 +161,9 @@ bool matmul_last_dgelu_fused_bias();  // the bias gradient came from the epilogu
 // and keeps the fastest; the choice may then differ between runs (results within the
 // same rounding bounds, not bitwise equal).
 void set_gemm_autotune(bool on);
+// GEMMs from now on are chosen (and cached) for this many SMs (cuBLASLt's SM count target),
+// leaving the rest to work on another stream (the overlapped optimizer step); 0: all.
+void set_gemm_sm_target(int sms);
 int gemm_autotuned_shapes();  // configurations whose candidates were timed so far
 // Autotuned choices, kept so that a later process (a resumed run) takes the same kernels:
 // one record per configuration (shape, leading dimensions, types, epilogue, operand
@@ -268,9 +271,11 @@ struct AdamWConfig {
 // (grad_scale is a device scalar, e.g. the clipping factor; null means 1), then the CPU
 // adamw_update arithmetic on fp32 param/m/v, and param_bf16 (may be null) receives
 // bf16(param). `total` is the flat buffers' element count (segments lie inside it).
+// max_blocks > 0: at most that many blocks of 1024 threads (about one SM each), for an
+// update that runs beside other work (the overlapped optimizer step); same results.
 void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
                   const ParamSegment* segments, int num_segments, int64_t total,
-                  const AdamWConfig& cfg, const float* grad_scale, cudaStream_t stream);
+                  const AdamWConfig& cfg, const float* grad_scale, cudaStream_t stream, int max_blocks = 0);
 // *out = sum over the segments' elements of x^2, in fp64; deterministic (per-block fp64
 // partials, summed in block order by a second pass). out is a device scalar.
 size_t sum_squares_scratch_bytes(int64_t total);

@@ -68,7 +68,7 @@ struct Descriptors {
 };
 
 using AlgoKey = std::tuple<cublasLtHandle_t, bool, bool, int64_t, int64_t, int64_t, int64_t,
-                           int64_t, int64_t, int, int, int, int, int, int, int, int, int>;
+                           int64_t, int64_t, int, int, int, int, int, int, int, int, int, int>;
 struct AlgoCache {
   std::mutex mu;
   std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>> algos;  // false: unsupported
@@ -84,6 +84,7 @@ AlgoCache& algo_cache() {
 
 std::atomic<int> g_last_path{int(EpiloguePath::None)};
 std::atomic<bool> g_autotune{false};
+std::atomic<int> g_sm_target{0};  // 0: every SM (set_gemm_sm_target)
 std::atomic<int> g_last_dgelu_path{int(EpiloguePath::None)};
 std::atomic<bool> g_last_dgelu_bias{false};
 
@@ -171,6 +172,10 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
                                                     sizeof(tb)));
   BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                     &s.epilogue, sizeof(s.epilogue)));
+  const int32_t sm_target = g_sm_target.load();
+  if (sm_target > 0)
+    BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target,
+                                                      sizeof(sm_target)));
   if (bias) {
     const int32_t bias_type = s.bias_type;
     BRAID_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(
@@ -195,7 +200,7 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
                     s.n,          s.k,             s.lda,            s.ldb,
                     s.ldd,        int(s.ab_type),  int(s.d_type),    int(s.epilogue),
                     int(s.bias_type), alignment(A), alignment(B),    alignment(D),
-                    alignment(bias), alignment(aux)};
+                    alignment(bias), alignment(aux), int(sm_target)};
   std::pair<bool, cublasLtMatmulAlgo_t> found{};
   {
     auto& cache = algo_cache();
@@ -291,6 +296,7 @@ __global__ void bias_gelu_kernel(bf16* out, bf16* pre_gelu, const float* bias, i
 
 EpiloguePath matmul_last_epilogue_path() { return EpiloguePath(g_last_path.load()); }
 void set_gemm_autotune(bool on) { g_autotune.store(on); }
+void set_gemm_sm_target(int sms) { g_sm_target.store(sms > 0 ? sms : 0); }
 int gemm_autotuned_shapes() { return g_tuned_shapes.load(); }
 
 std::string gemm_algo_environment() {

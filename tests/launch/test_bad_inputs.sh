@@ -104,6 +104,8 @@ case_memory_option_values() {  # the memory and fault options of session 3, refu
     --out "$WORK/o" $M --gemm-algos autotune
   expect_error $CASE 2 "--gemm-algos must be auto, autotune or heuristic (got 'fastest')" --data "$DATA" \
     --out "$WORK/o" $M --gemm-algos fastest
+  expect_error $CASE 2 "--optimizer-overlap-sms 8 overlaps the GPU's AdamW with the forward, which needs --device cuda" \
+    --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-sms 8
 }
 case_unknown_flag() { expect_error $CASE 2 "unrecognised option '--bogus'" --data "$DATA" --out "$WORK/o" $M --bogus 1; }
 case_unknown_config_key() {
