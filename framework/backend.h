@@ -20,14 +20,18 @@ namespace braid {
 // Parameters updated asynchronously, beside the next step's forward (the overlapped
 // optimizer step, Optimizer::set_overlap). Before an op reads or writes parameter i (its
 // value, bf16 copy or gradient) the backend calls wait(i, stream): its compute stream then
-// waits for i's update. wait_all: for every update. pending(): an update may still be
-// running; reserved_sms(): the SMs it occupies meanwhile (the GEMMs leave them free).
+// waits for i's update. wait_all: for every update. limiting(): the forward's GEMMs are
+// to leave reserved_sms() SMs to the update: from begin_step() (called at the start of
+// every training step, whether an update was enqueued or not, so that a resumed run
+// chooses the same GEMM kernels as the run it continues) until the step has waited for
+// its last group.
 class ParamFence {
  public:
   virtual ~ParamFence() = default;
   virtual void wait(int param, void* stream) = 0;
   virtual void wait_all(void* stream) = 0;
-  virtual bool pending() const = 0;
+  virtual void begin_step() = 0;
+  virtual bool limiting() const = 0;
   virtual int reserved_sms() const = 0;
 };
 

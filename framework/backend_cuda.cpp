@@ -273,7 +273,7 @@ class CudaBackend final : public Backend {
   const bf16* wb(int i) { return weights_.data<bf16>() + param(i).flat_offset; }
   // The SMs the GEMMs are chosen for: all but those of an optimizer update still running.
   void gemm_sms() {
-    cuda::set_gemm_sm_target(fence_ && fence_->pending() && fence_->reserved_sms() > 0
+    cuda::set_gemm_sm_target(fence_ && fence_->limiting() && fence_->reserved_sms() > 0
                                  ? sm_count() - fence_->reserved_sms()
                                  : 0);
   }

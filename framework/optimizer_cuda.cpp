@@ -98,10 +98,12 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   std::vector<Group> groups;
   std::vector<int> group_of;  // parameter -> group
   size_t waited = 0;          // groups [0, waited) need no wait by the compute stream
+  bool limit = false;         // ParamFence::limiting
   int overlap_sms = 0, gemm_reserve = 0;
   cudaStream_t side = nullptr;
   cudaEvent_t grads_ready = nullptr;
   ~CudaOptimizerState() override {
+    if (side) cudaStreamSynchronize(side);  // the moments and tables are freed next
     for (Group& g : groups)
       if (g.done) cudaEventDestroy(g.done);
     if (grads_ready) cudaEventDestroy(grads_ready);
@@ -155,13 +157,16 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
     if (g < waited) return;
     BRAID_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), groups[g].done, 0));
     waited = g + 1;
+    if (waited == groups.size()) limit = false;
   }
   void wait_all(void* stream) override {
+    limit = false;
     if (waited >= groups.size()) return;
     BRAID_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), groups.back().done, 0));
     waited = groups.size();
   }
-  bool pending() const override { return waited < groups.size(); }
+  void begin_step() override { limit = !groups.empty(); }
+  bool limiting() const override { return limit; }
   int reserved_sms() const override { return gemm_reserve; }
   // The device copy of grad_scale for adamw_update (null when it is 1), uploaded in stream
   // order with the kernels (all on the legacy stream).

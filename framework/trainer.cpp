@@ -81,6 +81,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
                                                 cfg_.overlap_limits_gemms);
     BRAID_CHECK(fence, "the overlapped optimizer step is not available here");
     backend_->set_param_fence(fence);
+    fence_ = fence;
   }
   ScheduleSpec spec{parse_schedule_kind(cfg_.schedule), g.pp, cfg_.grad_accum, cfg_.virtual_stages};
   engine_ = std::make_unique<PipelineEngine>(*model_, groups_, spec);
@@ -233,6 +234,7 @@ StepResult Trainer::train_step() {
   // gradient (ParamStore::mark_grads_stale), which also saves the GPU's weight-gradient
   // GEMMs the read of the old values.
   store_.mark_grads_stale();
+  if (fence_) fence_->begin_step();  // the forward's GEMMs leave the optimizer's SMs free
   polls_ = 0;
   double loss_sum = 0;
   try {

@@ -94,6 +94,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<PipelineEngine> engine_;
   int wte_bucket_ = -1;
+  ParamFence* fence_ = nullptr;  // the overlapped optimizer step's (owned by the optimizer)
   std::string tuning_path_;  // this rank's autotuned GEMM choices (empty: not autotuning)
   // Sequence parallelism: the replicated parameters' TP all-reduces in flight, per bucket.
   std::vector<std::vector<std::unique_ptr<CommRequest>>> sp_pending_;

@@ -33,35 +33,85 @@ struct AdamWScalars {
   float lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt;
 };
 
-// Block b updates chunks b, b + gridDim.x, ... (one chunk each when the grid covers them
-// all; fewer, larger blocks when the update shares the GPU, adamw_update's max_blocks).
-template <int THREADS>
-__global__ void __launch_bounds__(THREADS)
+// One element: the CPU op's arithmetic (ops/cpu/adamw.cpp).
+__device__ __forceinline__ float adamw_element(float& p, float g, float& m, float& v, float decay,
+                                               const AdamWScalars& k) {
+  m = k.beta1 * m + (1.f - k.beta1) * g;
+  v = k.beta2 * v + (1.f - k.beta2) * g * g;
+  const float denom = sqrtf(v) / k.bc2_sqrt + k.eps;
+  p = p * decay - k.step_size * m / denom;
+  return p;
+}
+
+__global__ void __launch_bounds__(kThreads)
 adamw_kernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
              const ParamSegment* seg, int num_segments, int64_t total, AdamWScalars k,
              const float* grad_scale) {
-  const float gs = grad_scale ? *grad_scale : 1.f;
-  for (int64_t start = int64_t(blockIdx.x) * kChunk; start < total; start += int64_t(gridDim.x) * kChunk) {
+  const int64_t start = int64_t(blockIdx.x) * kChunk;
   const int64_t end = min(total, start + kChunk);
+  const float gs = grad_scale ? *grad_scale : 1.f;
   for (int s = first_segment(seg, num_segments, start);
        s < num_segments && seg[s].offset < end; ++s) {
     const int64_t a = max(start, seg[s].offset);
     const int64_t b = min(end, seg[s].offset + seg[s].length);
     const float decay = 1.f - k.lr * (seg[s].weight_decay ? k.weight_decay : 0.f);
     for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
-      // The CPU op's arithmetic (ops/cpu/adamw.cpp), element by element.
-      const float g = grad[i] * gs;
-      const float mi = k.beta1 * m[i] + (1.f - k.beta1) * g;
-      const float vi = k.beta2 * v[i] + (1.f - k.beta2) * g * g;
-      m[i] = mi;
-      v[i] = vi;
-      const float p = param[i] * decay;
-      const float denom = sqrtf(vi) / k.bc2_sqrt + k.eps;
-      const float updated = p - k.step_size * mi / denom;
-      param[i] = updated;
-      if (param_bf16) param_bf16[i] = to_bf16(updated);
+      float p = param[i], mi = m[i], vi = v[i];
+      adamw_element(p, grad[i] * gs, mi, vi, decay, k);
+      m[i] = mi, v[i] = vi, param[i] = p;
+      if (param_bf16) param_bf16[i] = to_bf16(p);
     }
   }
+}
+
+// The update beside other work (adamw_update's max_blocks): few blocks of 1024 threads
+// (one per SM: 64 registers each fill the register file), each striding over chunks of
+// kSharedChunk elements and reading them as float4 (the 4-aligned middle of each segment;
+// scalar head and tail), so that an SM keeps enough bytes in flight to pull 4-5 times the
+// scalar kernel's bandwidth. The same arithmetic per element.
+constexpr int64_t kSharedChunk = 32768;
+__global__ void __launch_bounds__(1024, 1)
+adamw_shared_kernel(float* __restrict__ param, bf16* __restrict__ param_bf16, const float* __restrict__ grad,
+                    float* __restrict__ m, float* __restrict__ v, const ParamSegment* seg, int num_segments,
+                    int64_t total, AdamWScalars k, const float* grad_scale) {
+  const float gs = grad_scale ? *grad_scale : 1.f;
+  for (int64_t start = int64_t(blockIdx.x) * kSharedChunk; start < total;
+       start += int64_t(gridDim.x) * kSharedChunk) {
+    const int64_t end = min(total, start + kSharedChunk);
+    for (int s = first_segment(seg, num_segments, start); s < num_segments && seg[s].offset < end; ++s) {
+      const int64_t a = max(start, seg[s].offset);
+      const int64_t b = min(end, seg[s].offset + seg[s].length);
+      const float decay = 1.f - k.lr * (seg[s].weight_decay ? k.weight_decay : 0.f);
+      const int64_t a4 = min(b, (a + 3) & ~int64_t(3));
+      const int64_t b4 = a4 + ((b - a4) & ~int64_t(3));
+      auto scalar = [&](int64_t i) {
+        float p = param[i], mi = m[i], vi = v[i];
+        adamw_element(p, grad[i] * gs, mi, vi, decay, k);
+        m[i] = mi, v[i] = vi, param[i] = p;
+        if (param_bf16) param_bf16[i] = to_bf16(p);
+      };
+      for (int64_t i = a + threadIdx.x; i < a4; i += blockDim.x) scalar(i);
+      for (int64_t i = b4 + threadIdx.x; i < b; i += blockDim.x) scalar(i);
+#pragma unroll 2
+      for (int64_t q = a4 / 4 + threadIdx.x; q < b4 / 4; q += blockDim.x) {
+        const float4 g4 = reinterpret_cast<const float4*>(grad)[q];
+        float4 p4 = reinterpret_cast<const float4*>(param)[q];
+        float4 m4 = reinterpret_cast<const float4*>(m)[q];
+        float4 v4 = reinterpret_cast<const float4*>(v)[q];
+        adamw_element(p4.x, g4.x * gs, m4.x, v4.x, decay, k);
+        adamw_element(p4.y, g4.y * gs, m4.y, v4.y, decay, k);
+        adamw_element(p4.z, g4.z * gs, m4.z, v4.z, decay, k);
+        adamw_element(p4.w, g4.w * gs, m4.w, v4.w, decay, k);
+        reinterpret_cast<float4*>(m)[q] = m4;
+        reinterpret_cast<float4*>(v)[q] = v4;
+        reinterpret_cast<float4*>(param)[q] = p4;
+        if (param_bf16) {
+          __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(param_bf16 + 4 * q);
+          h[0] = __floats2bfloat162_rn(p4.x, p4.y);
+          h[1] = __floats2bfloat162_rn(p4.z, p4.w);
+        }
+      }
+    }
   }
 }
 
@@ -138,14 +188,17 @@ void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, f
                        float(cfg.lr / bc1), float(std::sqrt(bc2))};
   const int64_t blocks = ceil_div(total, kChunk);
   BRAID_CHECK(blocks < (int64_t(1) << 31), "adamw_update: too many elements");
-  if (max_blocks > 0 && blocks > max_blocks) {
-    // Sharing the GPU: blocks of 1024 threads, so that each one fills what an SM has for
-    // a GEMM's tile (registers) and the block scheduler spreads them one per SM.
-    adamw_kernel<1024><<<unsigned(max_blocks), 1024, 0, stream>>>(param, param_bf16, grad, m, v, segments,
-                                                                  num_segments, total, k, grad_scale);
+  if (max_blocks > 0) {
+    // Sharing the GPU: 16-byte aligned flat buffers (offsets are then aligned by index).
+    BRAID_CHECK(aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
+                    (param_bf16 == nullptr || (reinterpret_cast<uintptr_t>(param_bf16) & 7) == 0),
+                "adamw_update with max_blocks needs 16-byte aligned buffers");
+    const int64_t chunks = ceil_div(total, kSharedChunk);
+    adamw_shared_kernel<<<unsigned(std::min<int64_t>(max_blocks, chunks)), 1024, 0, stream>>>(
+        param, param_bf16, grad, m, v, segments, num_segments, total, k, grad_scale);
   } else {
-    adamw_kernel<kThreads><<<unsigned(blocks), kThreads, 0, stream>>>(param, param_bf16, grad, m, v, segments,
-                                                                      num_segments, total, k, grad_scale);
+    adamw_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(param, param_bf16, grad, m, v, segments, num_segments,
+                                                            total, k, grad_scale);
   }
   BRAID_CHECK_LAUNCH();
 }

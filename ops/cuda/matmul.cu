@@ -311,8 +311,12 @@ std::string gemm_algo_environment() {
 std::vector<GemmAlgoRecord> gemm_algos_tuned() {
   auto& cache = algo_cache();
   std::lock_guard<std::mutex> lock(cache.mu);
+  // Records loaded but not yet used in this process stay (a resumed run that stops before
+  // reaching a configuration must not drop its recorded choice).
+  std::map<std::vector<int64_t>, cublasLtMatmulAlgo_t> all = cache.preloaded;
+  for (const auto& [config, algo] : cache.tuned) all[config] = algo;
   std::vector<GemmAlgoRecord> out;
-  for (const auto& [config, algo] : cache.tuned) {
+  for (const auto& [config, algo] : all) {
     GemmAlgoRecord r{config, {}};
     std::copy(std::begin(algo.data), std::end(algo.data), r.algo.begin());
     out.push_back(std::move(r));

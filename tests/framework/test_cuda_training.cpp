@@ -90,7 +90,7 @@ TEST(CudaTraining, AutotunedRunResumesBitForBit) {
 
   cuda::gemm_algo_cache_reset();
   auto r = c;
-  r.resume = (std::filesystem::path(c.out_dir) / checkpoint_dir_name(3)).string();
+  r.resume = (std::filesystem::path(c.out_dir) / "checkpoints" / checkpoint_dir_name(3)).string();
   ASSERT_TRUE(std::filesystem::is_directory(r.resume)) << r.resume;
   const int timed_resume = cuda::gemm_autotuned_shapes();
   const auto resumed = test::run_on_ranks(r, 1);
