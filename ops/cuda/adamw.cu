@@ -33,14 +33,20 @@ struct AdamWScalars {
   float lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt;
 };
 
-// One element: the CPU op's arithmetic (ops/cpu/adamw.cpp).
+// One element: the CPU op's arithmetic (ops/cpu/adamw.cpp, built with -ffp-contract=off),
+// rounding for rounding: every product and sum rounded on its own (the _rn intrinsics are
+// never contracted into FMAs, which nvcc would otherwise choose per kernel, so that two
+// kernels or the CPU could differ in the last bit once the moments are non-zero).
 __device__ __forceinline__ float adamw_element(float& p, float g, float& m, float& v, float decay,
                                                const AdamWScalars& k) {
-  m = k.beta1 * m + (1.f - k.beta1) * g;
-  v = k.beta2 * v + (1.f - k.beta2) * g * g;
-  const float denom = sqrtf(v) / k.bc2_sqrt + k.eps;
-  p = p * decay - k.step_size * m / denom;
+  m = __fadd_rn(__fmul_rn(k.beta1, m), __fmul_rn(1.f - k.beta1, g));
+  v = __fadd_rn(__fmul_rn(k.beta2, v), __fmul_rn(__fmul_rn(1.f - k.beta2, g), g));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), k.bc2_sqrt), k.eps);
+  p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(k.step_size, m), denom));
   return p;
+}
+__device__ __forceinline__ float adamw_decay(const AdamWScalars& k, bool weight_decay) {
+  return __fsub_rn(1.f, __fmul_rn(k.lr, weight_decay ? k.weight_decay : 0.f));
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -54,10 +60,10 @@ adamw_kernel(float* param, bf16* param_bf16, const float* grad, float* m, float*
        s < num_segments && seg[s].offset < end; ++s) {
     const int64_t a = max(start, seg[s].offset);
     const int64_t b = min(end, seg[s].offset + seg[s].length);
-    const float decay = 1.f - k.lr * (seg[s].weight_decay ? k.weight_decay : 0.f);
+    const float decay = adamw_decay(k, seg[s].weight_decay != 0);
     for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
       float p = param[i], mi = m[i], vi = v[i];
-      adamw_element(p, grad[i] * gs, mi, vi, decay, k);
+      adamw_element(p, __fmul_rn(grad[i], gs), mi, vi, decay, k);
       m[i] = mi, v[i] = vi, param[i] = p;
       if (param_bf16) param_bf16[i] = to_bf16(p);
     }
@@ -81,12 +87,12 @@ adamw_shared_kernel(float* __restrict__ param, bf16* __restrict__ param_bf16, co
     for (int s = first_segment(seg, num_segments, start); s < num_segments && seg[s].offset < end; ++s) {
       const int64_t a = max(start, seg[s].offset);
       const int64_t b = min(end, seg[s].offset + seg[s].length);
-      const float decay = 1.f - k.lr * (seg[s].weight_decay ? k.weight_decay : 0.f);
+      const float decay = adamw_decay(k, seg[s].weight_decay != 0);
       const int64_t a4 = min(b, (a + 3) & ~int64_t(3));
       const int64_t b4 = a4 + ((b - a4) & ~int64_t(3));
       auto scalar = [&](int64_t i) {
         float p = param[i], mi = m[i], vi = v[i];
-        adamw_element(p, grad[i] * gs, mi, vi, decay, k);
+        adamw_element(p, __fmul_rn(grad[i], gs), mi, vi, decay, k);
         m[i] = mi, v[i] = vi, param[i] = p;
         if (param_bf16) param_bf16[i] = to_bf16(p);
       };
@@ -98,10 +104,10 @@ adamw_shared_kernel(float* __restrict__ param, bf16* __restrict__ param_bf16, co
         float4 p4 = reinterpret_cast<const float4*>(param)[q];
         float4 m4 = reinterpret_cast<const float4*>(m)[q];
         float4 v4 = reinterpret_cast<const float4*>(v)[q];
-        adamw_element(p4.x, g4.x * gs, m4.x, v4.x, decay, k);
-        adamw_element(p4.y, g4.y * gs, m4.y, v4.y, decay, k);
-        adamw_element(p4.z, g4.z * gs, m4.z, v4.z, decay, k);
-        adamw_element(p4.w, g4.w * gs, m4.w, v4.w, decay, k);
+        adamw_element(p4.x, __fmul_rn(g4.x, gs), m4.x, v4.x, decay, k);
+        adamw_element(p4.y, __fmul_rn(g4.y, gs), m4.y, v4.y, decay, k);
+        adamw_element(p4.z, __fmul_rn(g4.z, gs), m4.z, v4.z, decay, k);
+        adamw_element(p4.w, __fmul_rn(g4.w, gs), m4.w, v4.w, decay, k);
         reinterpret_cast<float4*>(m)[q] = m4;
         reinterpret_cast<float4*>(v)[q] = v4;
         reinterpret_cast<float4*>(param)[q] = p4;

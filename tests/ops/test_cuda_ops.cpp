@@ -1001,6 +1001,50 @@ TEST_F(CudaOps, CudnnAttentionMatchesReference) {
 
 // ---- optimizer and norms ---------------------------------------------------------------
 
+// The update beside other work (max_blocks: few 1024-thread blocks, float4 middles of the
+// segments, scalar heads and tails) gives the plain kernel's bits: the overlapped
+// optimizer step must not change results. Segments at odd offsets, so that both scalar
+// edges run; non-zero moments (an FMA where the other kernel has none would show).
+TEST_F(CudaOps, AdamWSharedGpuKernelIsBitwiseThePlainOne) {
+  std::mt19937 rng(81);
+  const int64_t total = 70001;
+  const std::vector<cuda::ParamSegment> segs = {{1, 2999, 1}, {3003, 97, 0}, {3200, 58001, 1}, {61202, 8790, 0}};
+  const VecF p = random_normal(rng, total), gr = random_normal(rng, total, 0.f, 0.1f);
+  const VecF m = random_normal(rng, total, 0.f, 0.01f);
+  VecF v = random_normal(rng, total, 0.f, 0.001f);
+  for (auto& x : v) x = x * x;
+  const auto d_segs = to_device(segs);
+  const cuda::AdamWConfig cfg{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7};
+  F32 scale(VecF{0.75f});
+  auto run = [&](int max_blocks) {
+    F32 dp(p), dg(gr), dm(m), dv(v);
+    Bf16 pbf(total);
+    cuda::adamw_update(dp.get(), pbf.get(), dg.get(), dm.get(), dv.get(), d_segs->get(), int(segs.size()), total,
+                       cfg, scale.get(), stream, max_blocks);
+    return std::vector<VecF>{dp.download(), dm.download(), dv.download(), pbf.download()};
+  };
+  const auto plain = run(0), shared = run(3);
+  const char* names[] = {"param", "m", "v", "bf16 copy"};
+  for (int i = 0; i < 3; ++i) expect_bitwise(std::string("shared-GPU adamw ") + names[i], shared[size_t(i)], plain[size_t(i)]);
+  size_t bf_diff = 0;  // NaN-poisoned gaps stay NaN in both
+  for (int64_t i = 0; i < total; ++i)
+    bf_diff += !(shared[3][size_t(i)] == plain[3][size_t(i)] ||
+                 (std::isnan(shared[3][size_t(i)]) && std::isnan(plain[3][size_t(i)])));
+  EXPECT_EQ(bf_diff, 0u) << "bf16 copies differ";
+  // The CPU op's arithmetic, rounding for rounding (built with -ffp-contract=off).
+  VecF cp = p, cm = m, cv = v;
+  for (const auto& s : segs) {
+    VecF g(gr.begin() + s.offset, gr.begin() + s.offset + s.length);
+    for (auto& x : g) x *= 0.75f;
+    cpu::adamw_update(cp.data() + s.offset, g.data(), cm.data() + s.offset, cv.data() + s.offset, s.length, cfg.lr,
+                      cfg.beta1, cfg.beta2, cfg.eps, s.weight_decay ? cfg.weight_decay : 0.f, cfg.step);
+  }
+  size_t cpu_diff = 0;
+  for (int64_t i = 0; i < total; ++i) cpu_diff += plain[0][size_t(i)] != cp[size_t(i)];
+  std::printf("[     info ] adamw GPU params differing from the CPU op's: %zu of %lld\n", cpu_diff,
+              static_cast<long long>(total));
+}
+
 TEST_F(CudaOps, AdamWOverSegmentsAndGradNorm) {
   std::mt19937 rng(8);
   const int64_t total = 10000;
