@@ -661,7 +661,7 @@ TEST_F(CudaOps, MatmulBackwardWithGeluDerivative) {
   expect_close_each("matmul dw (GELU layer)", dw.download(), ref_dw, tol);
 }
 
-// --gemm-autotune: the timing runs go to a scratch output, so the first (tuning) call of a
+// --gemm-algos autotune: the timing runs go to a scratch output, so the first (tuning) call of a
 // shape still computes its result once: a beta = 1 weight gradient is not accumulated
 // four more times, and a forward's output is the product. Shapes not used elsewhere here,
 // so that they are tuned in this test.
