@@ -5,12 +5,9 @@
 #ifdef BRAID_HAVE_CUDA
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
 
 #include "framework/backend.h"
+#include "framework/tuning_file.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/runtime.h"
@@ -196,49 +193,25 @@ class CudaBackend final : public Backend {
   void* cuda_compute_stream() override {
     return static_cast<void*>(ctx_.compute_stream());
   }
-  // The file: {"format": "braid-gemm-algos", "version": 1, "environment": GPU model and
-  // cuBLASLt version, "records": [{"config": [...], "algo": [8 x uint64]}]}.
+  // The recorded GEMM choices (framework/tuning_file.h).
   std::string load_tuning(const std::string& path) override {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (!fs::exists(path, ec)) return {};
-    const std::string env = cuda::gemm_algo_environment();
-    try {
-      std::ifstream in(path);
-      const nlohmann::json j = nlohmann::json::parse(in);
-      if (j.at("format") != "braid-gemm-algos" || j.at("version") != 1)
-        return "GEMM algorithm file " + path + " is not a braid-gemm-algos version 1 file; its choices are not used";
-      if (j.at("environment") != env)
-        return "GEMM algorithm file " + path + " was written on " + j.at("environment").get<std::string>() +
-               ", this GPU is " + env + "; its choices are not used (the GEMMs are timed again)";
-      std::vector<cuda::GemmAlgoRecord> recs;
-      for (const auto& r : j.at("records"))
-        recs.push_back({r.at("config").get<std::vector<int64_t>>(), r.at("algo").get<std::array<uint64_t, 8>>()});
-      cuda::gemm_algos_preload(recs);
-    } catch (const std::exception& e) {
-      return "GEMM algorithm file " + path + " is unreadable (" + e.what() + "); its choices are not used";
-    }
-    return {};
+    std::string warning;
+    std::vector<cuda::GemmAlgoRecord> recs;
+    for (TuningRecord& r : read_tuning_file(path, cuda::gemm_algo_environment(), &warning))
+      recs.push_back({std::move(r.config), r.algo});
+    cuda::gemm_algos_preload(recs);
+    return warning;
   }
   bool save_tuning(const std::string& path) override {
     const std::vector<cuda::GemmAlgoRecord> recs = cuda::gemm_algos_tuned();
     if (recs.size() == saved_tuning_records_) return false;
-    nlohmann::json j = {{"format", "braid-gemm-algos"}, {"version", 1}, {"environment", cuda::gemm_algo_environment()}};
-    j["records"] = nlohmann::json::array();
-    for (const auto& r : recs) j["records"].push_back({{"config", r.config}, {"algo", r.algo}});
-    namespace fs = std::filesystem;
     saved_tuning_records_ = recs.size();  // a failed write is reported once, not every step
-    const std::string tmp = path + ".tmp";
-    std::error_code ec;
-    fs::create_directories(fs::path(path).parent_path(), ec);
-    std::ofstream out(tmp, std::ios::trunc);
-    out << j.dump() << "\n";
-    out.close();
-    if (!ec && out.good()) fs::rename(tmp, path, ec);  // whole or not at all
-    if (ec || !out.good()) {
-      std::fprintf(stderr, "warning: could not write the GEMM algorithm file %s (%s): a resumed run will time "
-                   "the GEMMs again and may differ from this one in the low bits\n",
-                   path.c_str(), ec ? ec.message().c_str() : "write failed");
+    std::vector<TuningRecord> out;
+    for (const auto& r : recs) out.push_back({r.config, r.algo});
+    const std::string error = write_tuning_file(path, cuda::gemm_algo_environment(), out);
+    if (!error.empty()) {
+      std::fprintf(stderr, "warning: GEMM algorithm file: %s; a resumed run will time the GEMMs again and may "
+                   "differ from this one in the low bits\n", error.c_str());
       return false;
     }
     return true;
