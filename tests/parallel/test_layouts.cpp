@@ -244,6 +244,29 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
   EXPECT_GT(ran, 1) << "no parallel layout fits a world of " << world;
 }
 
+// --optimizer-overlap-sms on the GPU: AdamW beside the next step's forward, each layer's
+// ops waiting for its own update, is the plain step bit for bit under TP x interleaved PP
+// (several model chunks per stage, the tied embedding's copy on the last stage) and under
+// DP: on one SM, with the forward's GEMMs left on every SM (the same algorithms).
+TEST_F(LayoutEquivalence, OverlappedOptimizerIsThePlainStepBitForBit) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (skip() || test_device() != "cuda") GTEST_SKIP() << "the overlapped optimizer step is a GPU path";
+  int ran = 0;
+  for (const Layout& l : {Layout{.tp = 2, .pp = 2, .vs = 2, .schedule = "interleaved"}, Layout{.dp = 2}}) {
+    if (l.world() > world) continue;
+    ++ran;
+    const TrainConfig plain = layout_config(l, data_, test::temp_dir("overlap_plain_" + l.name()));
+    TrainConfig overlapped = layout_config(l, data_, test::temp_dir("overlap_" + l.name()));
+    overlapped.optimizer_overlap_sms = 1;
+    overlapped.overlap_limits_gemms = false;
+    const test::RunResult a = test::run_on_ranks(plain, l.world()), b = test::run_on_ranks(overlapped, l.world());
+    ASSERT_EQ(a.losses.size(), b.losses.size()) << l.name();
+    for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_EQ(a.losses[i], b.losses[i]) << l.name() << " step " << i + 1;
+  }
+  EXPECT_GT(ran, 0);
+}
+
 // Full recomputation repeats the same deterministic forward: on the CPU the run is the
 // stored run bit for bit (losses and every parameter), one rank and TP2 x PP2.
 TEST_F(LayoutEquivalence, FullRecomputationIsTheStoredRunBitForBit) {
