@@ -310,7 +310,8 @@ std::string format_train_plan(const TrainPlan& p) {
      << "activations: peak bytes alive at once during one step (eval act.: one validation pass);\n"
      << "in flight: (microbatch, chunk) activations held at the stage's peak.";
   if (c.device == "cuda")
-    os << "\nnot included on the GPU: CUDA context, cuBLASLt workspace, kernel scratch, allocator slack.";
+    os << "\nnot included on the GPU: CUDA context, cuBLASLt workspace, kernel scratch (GEMM autotuning: up to the "
+          "largest GEMM output, once), allocator slack.";
   os << "\n";
   return os.str();
 }
