@@ -23,7 +23,9 @@ std::vector<TuningRecord> read_tuning_file(const std::string& path, const std::s
       return {};
     }
     const nlohmann::json j = nlohmann::json::parse(in);
-    if (!j.is_object() || j.value("format", "") != "braid-gemm-algos" || j.value("version", 0) != 1) {
+    const bool ours = j.is_object() && j.contains("format") && j["format"] == "braid-gemm-algos" &&
+                      j.contains("version") && j["version"].is_number_integer() && j["version"] == 1;
+    if (!ours) {
       *warning = what + " is not a braid-gemm-algos version 1 file; its choices are not used";
       return {};
     }
@@ -38,7 +40,8 @@ std::vector<TuningRecord> read_tuning_file(const std::string& path, const std::s
       const auto& config = r.at("config");
       const auto& algo = r.at("algo");
       bool typed = config.is_array() && algo.is_array() && algo.size() == 8;
-      for (const auto& x : config) typed = typed && x.is_number_integer();
+      for (const auto& x : config)  // (an unsigned value past int64's range would wrap)
+        typed = typed && x.is_number_integer() && !(x.is_number_unsigned() && x.get<uint64_t>() > uint64_t(INT64_MAX));
       for (const auto& x : algo) typed = typed && x.is_number_unsigned();
       if (!typed) {
         *warning = what + " has a malformed record (config: integers; algo: 8 unsigned integers); its choices "
@@ -74,7 +77,11 @@ std::string write_tuning_file(const std::string& path, const std::string& enviro
     }
   }
   fs::rename(tmp, path, ec);  // whole or not at all
-  if (ec) return "cannot rename " + tmp + " to " + path + ": " + ec.message();
+  if (ec) {
+    const std::string error = "cannot rename " + tmp + " to " + path + ": " + ec.message();
+    fs::remove(tmp, ec);
+    return error;
+  }
   return {};
 }
 

@@ -75,7 +75,9 @@ adamw_kernel(float* param, bf16* param_bf16, const float* grad, float* m, float*
 // kSharedChunk elements and reading them as float4 (the 4-aligned middle of each segment;
 // scalar head and tail), so that an SM keeps enough bytes in flight to pull 4-5 times the
 // scalar kernel's bandwidth. The same arithmetic per element.
+// VEC = false: every element scalar (a buffer not 16-byte aligned; the same bits).
 constexpr int64_t kSharedChunk = 32768;
+template <bool VEC>
 __global__ void __launch_bounds__(1024, 1)
 adamw_shared_kernel(float* __restrict__ param, bf16* __restrict__ param_bf16, const float* __restrict__ grad,
                     float* __restrict__ m, float* __restrict__ v, const ParamSegment* seg, int num_segments,
@@ -88,8 +90,8 @@ adamw_shared_kernel(float* __restrict__ param, bf16* __restrict__ param_bf16, co
       const int64_t a = max(start, seg[s].offset);
       const int64_t b = min(end, seg[s].offset + seg[s].length);
       const float decay = adamw_decay(k, seg[s].weight_decay != 0);
-      const int64_t a4 = min(b, (a + 3) & ~int64_t(3));
-      const int64_t b4 = a4 + ((b - a4) & ~int64_t(3));
+      const int64_t a4 = VEC ? min(b, (a + 3) & ~int64_t(3)) : b;
+      const int64_t b4 = VEC ? a4 + ((b - a4) & ~int64_t(3)) : b;
       auto scalar = [&](int64_t i) {
         float p = param[i], mi = m[i], vi = v[i];
         adamw_element(p, __fmul_rn(grad[i], gs), mi, vi, decay, k);
@@ -195,13 +197,17 @@ void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, f
   const int64_t blocks = ceil_div(total, kChunk);
   BRAID_CHECK(blocks < (int64_t(1) << 31), "adamw_update: too many elements");
   if (max_blocks > 0) {
-    // Sharing the GPU: 16-byte aligned flat buffers (offsets are then aligned by index).
-    BRAID_CHECK(aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
-                    (param_bf16 == nullptr || (reinterpret_cast<uintptr_t>(param_bf16) & 7) == 0),
-                "adamw_update with max_blocks needs 16-byte aligned buffers");
-    const int64_t chunks = ceil_div(total, kSharedChunk);
-    adamw_shared_kernel<<<unsigned(std::min<int64_t>(max_blocks, chunks)), 1024, 0, stream>>>(
-        param, param_bf16, grad, m, v, segments, num_segments, total, k, grad_scale);
+    // Sharing the GPU. float4 where the buffers are 16-byte aligned (the bf16 copy 8-byte),
+    // so that a 4-aligned index is an aligned vector in each; else scalar.
+    const bool vec = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) &&
+                     (param_bf16 == nullptr || (reinterpret_cast<uintptr_t>(param_bf16) & 7) == 0);
+    const unsigned grid = unsigned(std::min<int64_t>(max_blocks, ceil_div(total, kSharedChunk)));
+    if (vec)
+      adamw_shared_kernel<true><<<grid, 1024, 0, stream>>>(param, param_bf16, grad, m, v, segments, num_segments,
+                                                            total, k, grad_scale);
+    else
+      adamw_shared_kernel<false><<<grid, 1024, 0, stream>>>(param, param_bf16, grad, m, v, segments, num_segments,
+                                                             total, k, grad_scale);
   } else {
     adamw_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(param, param_bf16, grad, m, v, segments, num_segments,
                                                             total, k, grad_scale);

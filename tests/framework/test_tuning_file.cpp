@@ -88,6 +88,10 @@ TEST(TuningFile, DamagedFilesGiveNoRecordsAndNameTheFile) {
       {"other_format", R"({"format": "braid-checkpoint", "version": 1, "environment": "x", "records": []})"},
       {"other_version", R"({"format": "braid-gemm-algos", "version": 2, "environment": "x", "records": []})"},
       {"format_not_string", R"({"format": 5, "version": 1})"},
+      {"version_not_integer", std::string(R"({"format": "braid-gemm-algos", "version": true, "environment": ")") + kEnv +
+                                  R"(", "records": []})"},
+      {"config_past_int64", std::string(R"({"format": "braid-gemm-algos", "version": 1, "environment": ")") + kEnv +
+                                R"(", "records": [{"config": [18446744073709551615], "algo": [0, 0, 0, 0, 0, 0, 0, 0]}]})"},
       {"no_records", std::string(R"({"format": "braid-gemm-algos", "version": 1, "environment": ")") + kEnv + "\"}"},
       {"short_algo", std::string(R"({"format": "braid-gemm-algos", "version": 1, "environment": ")") + kEnv +
                          R"(", "records": [{"config": [1, 2], "algo": [1, 2, 3]}]})"},

@@ -1016,21 +1016,37 @@ TEST_F(CudaOps, AdamWSharedGpuKernelIsBitwiseThePlainOne) {
   const auto d_segs = to_device(segs);
   const cuda::AdamWConfig cfg{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7};
   F32 scale(VecF{0.75f});
-  auto run = [&](int max_blocks) {
-    F32 dp(p), dg(gr), dm(m), dv(v);
-    Bf16 pbf(total);
-    cuda::adamw_update(dp.get(), pbf.get(), dg.get(), dm.get(), dv.get(), d_segs->get(), int(segs.size()), total,
-                       cfg, scale.get(), stream, max_blocks);
-    return std::vector<VecF>{dp.download(), dm.download(), dv.download(), pbf.download()};
+  // shift 1: the buffers start one element past an allocation (not 16-byte aligned: the
+  // shared kernel's scalar form).
+  auto run = [&](int max_blocks, int shift = 0) {
+    auto pad = [&](const VecF& x) {
+      VecF y(size_t(shift), 0.f);
+      y.insert(y.end(), x.begin(), x.end());
+      return y;
+    };
+    F32 dp(pad(p)), dg(pad(gr)), dm(pad(m)), dv(pad(v));
+    Bf16 pbf(size_t(total + shift));
+    cuda::adamw_update(dp.get() + shift, pbf.get() + shift, dg.get() + shift, dm.get() + shift, dv.get() + shift,
+                       d_segs->get(), int(segs.size()), total, cfg, scale.get(), stream, max_blocks);
+    std::vector<VecF> out{dp.download(), dm.download(), dv.download(), pbf.download()};
+    for (auto& x : out) x.erase(x.begin(), x.begin() + shift);
+    return out;
   };
-  const auto plain = run(0), shared = run(3);
+  const auto plain = run(0);
   const char* names[] = {"param", "m", "v", "bf16 copy"};
-  for (int i = 0; i < 3; ++i) expect_bitwise(std::string("shared-GPU adamw ") + names[i], shared[size_t(i)], plain[size_t(i)]);
-  size_t bf_diff = 0;  // NaN-poisoned gaps stay NaN in both
-  for (int64_t i = 0; i < total; ++i)
-    bf_diff += !(shared[3][size_t(i)] == plain[3][size_t(i)] ||
-                 (std::isnan(shared[3][size_t(i)]) && std::isnan(plain[3][size_t(i)])));
-  EXPECT_EQ(bf_diff, 0u) << "bf16 copies differ";
+  // 3 blocks: one chunk each; 1 block: its grid-stride loop over the 3 chunks; -2: 2 blocks
+  // over unaligned buffers.
+  for (int blocks : {3, 1, -2}) {
+    const auto shared = blocks > 0 ? run(blocks) : run(-blocks, 1);
+    for (int i = 0; i < 3; ++i)
+      expect_bitwise(std::string("shared-GPU adamw ") + names[i] + ", " + std::to_string(blocks) + " blocks",
+                     shared[size_t(i)], plain[size_t(i)]);
+    size_t bf_diff = 0;  // NaN-poisoned gaps stay NaN in both
+    for (int64_t i = 0; i < total; ++i)
+      bf_diff += !(shared[3][size_t(i)] == plain[3][size_t(i)] ||
+                   (std::isnan(shared[3][size_t(i)]) && std::isnan(plain[3][size_t(i)])));
+    EXPECT_EQ(bf_diff, 0u) << "bf16 copies differ, " << blocks << " blocks";
+  }
   // The CPU op's arithmetic, rounding for rounding (built with -ffp-contract=off).
   VecF cp = p, cm = m, cv = v;
   for (const auto& s : segs) {
@@ -1039,10 +1055,9 @@ TEST_F(CudaOps, AdamWSharedGpuKernelIsBitwiseThePlainOne) {
     cpu::adamw_update(cp.data() + s.offset, g.data(), cm.data() + s.offset, cv.data() + s.offset, s.length, cfg.lr,
                       cfg.beta1, cfg.beta2, cfg.eps, s.weight_decay ? cfg.weight_decay : 0.f, cfg.step);
   }
-  size_t cpu_diff = 0;
-  for (int64_t i = 0; i < total; ++i) cpu_diff += plain[0][size_t(i)] != cp[size_t(i)];
-  std::printf("[     info ] adamw GPU params differing from the CPU op's: %zu of %lld\n", cpu_diff,
-              static_cast<long long>(total));
+  expect_bitwise("adamw param against the CPU op", plain[0], cp);
+  expect_bitwise("adamw m against the CPU op", plain[1], cm);
+  expect_bitwise("adamw v against the CPU op", plain[2], cv);
 }
 
 TEST_F(CudaOps, AdamWOverSegmentsAndGradNorm) {
