@@ -203,9 +203,12 @@ class CudaBackend final : public Backend {
     return warning;
   }
   bool save_tuning(const std::string& path) override {
+    // Called after every step: only a newly timed choice (a new configuration, or one whose
+    // loaded record cuBLASLt refused) changes what the file should hold.
+    const int timed = cuda::gemm_algos_timed();
+    if (timed == saved_tuning_timed_) return false;
+    saved_tuning_timed_ = timed;  // a failed write is reported once, not every step
     const std::vector<cuda::GemmAlgoRecord> recs = cuda::gemm_algos_tuned();
-    if (recs.size() == saved_tuning_records_) return false;
-    saved_tuning_records_ = recs.size();  // a failed write is reported once, not every step
     std::vector<TuningRecord> out;
     for (const auto& r : recs) out.push_back({r.config, r.algo});
     const std::string error = write_tuning_file(path, cuda::gemm_algo_environment(), out);
@@ -299,7 +302,7 @@ class CudaBackend final : public Backend {
   ParamStore* store_ = nullptr;
   Tensor weights_, scratch_;
   std::unique_ptr<cuda::CudnnAttention> cudnn_attention_;
-  size_t saved_tuning_records_ = 0;
+  int saved_tuning_timed_ = 0;
   ParamFence* fence_ = nullptr;
 };
 

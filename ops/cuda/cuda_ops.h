@@ -180,6 +180,7 @@ std::vector<GemmAlgoRecord> gemm_algos_tuned();  // timed (or taken from preload
 // timing, when cuBLASLt accepts the algorithm for it (cublasLtMatmulAlgoCheck).
 void gemm_algos_preload(const std::vector<GemmAlgoRecord>& records);
 int gemm_algos_reused();  // configurations that took a preloaded record so far
+int gemm_algos_timed();   // choices made by timing so far (the exported set changes only with them)
 // Forgets every choice and record (each configuration chooses again at its next call), as
 // in a new process: for tests of a resumed run.
 void gemm_algo_cache_reset();

@@ -76,6 +76,7 @@ struct AlgoCache {
   // from `preloaded` in this process (exported), and those handed in to take instead of timing.
   std::map<std::vector<int64_t>, cublasLtMatmulAlgo_t> tuned, preloaded;
   int reused = 0;
+  int timed = 0;  // choices made by timing: what the exported set gains beyond `preloaded`
 };
 AlgoCache& algo_cache() {
   static AlgoCache* c = new AlgoCache();  // process lifetime, like the handles it serves
@@ -248,19 +249,18 @@ bool run_gemm(const GemmHandle& h, const GemmSpec& s, const void* A, const void*
       }
       const cublasStatus_t st = recorded ? CUBLAS_STATUS_SUCCESS : cublasLtMatmulAlgoGetHeuristic(
           h.lt, desc.op, desc.a, desc.b, desc.d, desc.d, desc.pref, tune ? kCandidates : 1, results, &count);
-      if (recorded) {
-      } else if (st == CUBLAS_STATUS_SUCCESS && count > 0) {
+      if (!recorded && st == CUBLAS_STATUS_SUCCESS && count > 0) {
         const size_t d_bytes = size_t(s.ldd) * size_t(s.n) * (s.d_type == CUDA_R_32F ? 4 : 2);
         const int pick = tune && count > 1 ? fastest_algo(h, desc, results, count, A, B, d_bytes, beta, stream) : 0;
         found = {true, results[pick].algo};
-        if (tune) cache.tuned[config] = results[pick].algo;
-      } else if (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT || st == CUBLAS_STATUS_NOT_SUPPORTED ||
-                 st == CUBLAS_STATUS_SUCCESS) {
+        if (tune) cache.tuned[config] = results[pick].algo, ++cache.timed;
+      } else if (!recorded && (s.epilogue != CUBLASLT_EPILOGUE_DEFAULT || st == CUBLAS_STATUS_NOT_SUPPORTED ||
+                               st == CUBLAS_STATUS_SUCCESS)) {
         // An epilogue (or type) combination this cuBLASLt does not offer: cuBLASLt answers
         // NOT_SUPPORTED or, for an fp32 bias with a bf16 output, INVALID_VALUE. The caller
         // falls back to the next variant.
         found = {false, {}};
-      } else {
+      } else if (!recorded) {
         BRAID_CHECK_CUBLAS(st);
       }
       cache.algos.emplace(key, found);
@@ -341,6 +341,13 @@ void gemm_algo_cache_reset() {
   cache.tuned.clear();
   cache.preloaded.clear();
   cache.reused = 0;
+  cache.timed = 0;
+}
+
+int gemm_algos_timed() {
+  auto& cache = algo_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  return cache.timed;
 }
 
 int gemm_algos_reused() {
