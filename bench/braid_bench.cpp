@@ -233,7 +233,8 @@ int main(int argc, char** argv) {
                     cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : ", GEMMs heuristic",
                     cfg.optimizer_overlap_sms > 0
                         ? (", AdamW beside the forward on " + std::to_string(cfg.optimizer_overlap_sms) + " SMs").c_str()
-                        : "");
+                    : cfg.optimizer_overlap_sms < 0 ? ", AdamW beside the forward at low priority"
+                                                    : "");
       std::printf("braid-bench %s | %s | %s %s attention, %s | B=%d x accum %d x dp %d, T=%d | %.0f tok/s (%.0f per GPU) | "
                   "ms/step median %.2f min %.2f max %.2f | MFU %.1f%% HFU %.1f%% per GPU | peak memory %.2f GiB "
                   "allocator, %.2f GiB device | loss %.3f\n",
@@ -268,7 +269,7 @@ int main(int argc, char** argv) {
         j["recompute"] = cfg.recompute;
         j["loss_chunk_mib"] = cfg.loss_chunk_mib;
         j["gemm_autotune"] = cfg.gemm_autotune;
-        j["optimizer_overlap_sms"] = cfg.optimizer_overlap_sms;
+        j["optimizer_overlap_sms"] = cfg.optimizer_overlap_sms;  // -1: all SMs at low priority
         j["micro_batch"] = cfg.micro_batch;
         j["grad_accum"] = cfg.grad_accum;
         j["seq_len"] = m.seq_len;

@@ -20,7 +20,7 @@ for row in ${PRESETS:-gpt2-124m:16 gpt2-350m:16 gpt2-1.5b:8}; do
   # Both attention kernels with the defaults, then cuDNN storing every activation and the
   # whole logits (what the memory options cost or save).
   # ROWS (env, ';'-separated option sets) replaces these, e.g. ROWS="--attention cudnn".
-  IFS=';' read -r -a row_opts <<<"${ROWS:---attention cudnn;--attention braid;--attention cudnn --recompute none --loss-chunk-mib 0;--attention cudnn --gemm-algos heuristic;--attention cudnn --optimizer-overlap-sms 16}"
+  IFS=';' read -r -a row_opts <<<"${ROWS:---attention cudnn;--attention braid;--attention cudnn --recompute none --loss-chunk-mib 0;--attention cudnn --gemm-algos heuristic;--attention cudnn --optimizer-overlap-sms 16;--attention cudnn --optimizer-overlap-sms all}"
   for opts in "${row_opts[@]}"; do
     timeout 300 "$BIN/braid-bench" --preset "$preset" --device cuda $opts --micro-batch "$b" \
       --grad-accum 1 --bench-steps "$STEPS" --label "$preset" --json "$RES" 2>&1 | tee -a "$OUTD/speed.log" | grep -E "^braid-bench|error"
@@ -39,7 +39,8 @@ for r in rows:
     name = r["layout"] if "torch" in r["layout"] else "Braid, %s attention, recompute %s, loss chunk %g MiB%s" % (
         r.get("attention", "?"), r.get("recompute", "?"), r.get("loss_chunk_mib", -1),
         ", GEMMs autotuned" if r.get("gemm_autotune") else ", GEMMs heuristic") + (
-        ", AdamW beside the forward on %d SMs" % r["optimizer_overlap_sms"] if r.get("optimizer_overlap_sms") else "")
+        ", AdamW beside the forward on %d SMs" % r["optimizer_overlap_sms"] if r.get("optimizer_overlap_sms", 0) > 0 else
+        ", AdamW beside the forward at low priority" if r.get("optimizer_overlap_sms", 0) < 0 else "")
     print("| %s | %d | %s | %.0f | %.1f | %.1f%% | %.1f%% | %.1f |" % (r["label"], r["micro_batch"], name, r["tokens_per_s"],
           r["ms_median"], 100 * r["mfu"], 100 * r["hfu"], r["peak_allocator_gib"]))
 PY

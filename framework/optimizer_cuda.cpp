@@ -99,7 +99,8 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   std::vector<int> group_of;  // parameter -> group
   size_t waited = 0;          // groups [0, waited) need no wait by the compute stream
   bool limit = false;         // ParamFence::limiting
-  int overlap_sms = 0, gemm_reserve = 0;
+  int overlap_sms = 0, gemm_reserve = 0;  // 0 SMs: every SM (the plain kernel)
+  bool low_priority = false;
   cudaStream_t side = nullptr;
   cudaEvent_t grads_ready = nullptr;
   ~CudaOptimizerState() override {
@@ -111,8 +112,12 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   }
   ParamFence* set_overlap(const std::vector<std::vector<int>>& order, int sms, bool limit_gemms) override {
     BRAID_CHECK(groups.empty(), "set_overlap called twice");
-    overlap_sms = sms;
-    gemm_reserve = limit_gemms ? sms : 0;
+    // sms < 0: every SM, the plain kernel's short blocks from a stream below the compute
+    // stream's priority (the GEMMs keep every SM; the block scheduler starts the forward's
+    // blocks first and AdamW's where an SM is free).
+    low_priority = sms < 0;
+    overlap_sms = std::max(sms, 0);
+    gemm_reserve = limit_gemms ? overlap_sms : 0;
     group_of.assign(size_t(store.size()), -1);
     std::vector<std::vector<int>> lists = order;
     std::vector<int> rest;  // parameters no group names: a last group
@@ -144,8 +149,11 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
       groups.push_back(std::move(g));
     }
     // A blocking stream: the legacy-stream copies of checkpoints and moments, and the next
-    // step's gradient norm, wait for its updates without being told.
-    BRAID_CHECK_CUDA(cudaStreamCreate(&side));
+    // step's gradient norm, wait for its updates without being told. With K SMs at the
+    // compute stream's priority; else at the lowest.
+    int least = 0, greatest = 0;
+    BRAID_CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    BRAID_CHECK_CUDA(cudaStreamCreateWithPriority(&side, cudaStreamDefault, low_priority ? least : std::max(greatest, least - 1)));
     BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&grads_ready, cudaEventDisableTiming));
     waited = groups.size();
     return this;

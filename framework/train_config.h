@@ -45,7 +45,11 @@ struct TrainConfig {
   std::string attention = "braid";  // braid | cudnn (CUDA attention kernel)
   std::string gemm_algos = "auto";  // auto | autotune | heuristic: how CUDA GEMM algorithms are chosen
   bool gemm_autotune = false;       // derived: time cuBLASLt's candidates per GEMM shape (CUDA)
-  int optimizer_overlap_sms = 0;    // CUDA: AdamW beside the next forward on this many SMs (0 = off)
+  // CUDA: AdamW beside the next forward on this many SMs (0 = off; kOverlapAllSms: on every
+  // SM at a lower stream priority than the forward's, the GEMMs keeping every SM).
+  static constexpr int kOverlapAllSms = -1;
+  int optimizer_overlap_sms = 0;
+  std::string optimizer_overlap_text = "0";  // --optimizer-overlap-sms as given (K or "all")
   bool overlap_limits_gemms = true; // testing: false leaves the forward's GEMMs on every SM
   bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward

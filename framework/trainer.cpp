@@ -73,7 +73,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   sp_pending_.resize(store_.buckets().size());
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
   optimizer_->set_bf16_copy(backend_->bf16_weight_copy());  // AdamW writes the GEMM weights where it can
-  if (cfg_.optimizer_overlap_sms > 0) {
+  if (cfg_.optimizer_overlap_sms != 0) {
     const int sms = backend_->sm_count();
     BRAID_REQUIRE(cfg_.optimizer_overlap_sms < sms, "--optimizer-overlap-sms " << cfg_.optimizer_overlap_sms
                                                     << " leaves no SM of this GPU's " << sms << " to the forward");

@@ -188,7 +188,11 @@ class NcclCommunicator : public Communicator {
       MPI_Comm_free(&pair);
       BRAID_CHECK_NCCL(ncclCommInitRank(&c.comm, 2, id, pair_rank));
       c.peer = 1 - pair_rank;
-      BRAID_CHECK_CUDART(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
+      // At the highest priority, as the group's stream: a pipeline message starved by the
+      // compute stream's kernels would stall the peer stage.
+      int least = 0, greatest = 0;
+      BRAID_CHECK_CUDART(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+      BRAID_CHECK_CUDART(cudaStreamCreateWithPriority(&c.stream, cudaStreamNonBlocking, greatest));
       BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&c.ready, cudaEventDisableTiming));
       BRAID_CHECK_CUDART(cudaEventCreateWithFlags(&c.done, cudaEventDisableTiming));
       // Connect now, both ways, while both ranks are here: NCCL sets up a peer connection

@@ -1,6 +1,8 @@
 // CudaContext: device selection, the compute stream, cuBLASLt and cuDNN handles.
 #include "ops/cuda/runtime.h"
 
+#include <algorithm>
+
 #include "ops/cuda/cuda_check.h"
 #include "ops/device_memory.h"
 
@@ -14,8 +16,12 @@ CudaContext::CudaContext(int device_index) : device_(device_index) {
   BRAID_CHECK_CUDA(cudaSetDevice(device_));
   BRAID_CHECK_CUDA(cudaGetDeviceProperties(&props_, device_));
   // Blocking streams (no cudaStreamNonBlocking): see the header on ordering with Tensor's
-  // default-stream memset and copies.
-  BRAID_CHECK_CUDA(cudaStreamCreate(&compute_));
+  // default-stream memset and copies. Priority one above the lowest: communication streams
+  // sit above it (parallel/communicator_nccl.cpp), and work that only fills the gaps the
+  // compute stream leaves (the low-priority overlapped AdamW) below it.
+  int least = 0, greatest = 0;
+  BRAID_CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  BRAID_CHECK_CUDA(cudaStreamCreateWithPriority(&compute_, cudaStreamDefault, std::max(greatest, least - 1)));
   BRAID_CHECK_CUBLAS(cublasLtCreate(&lt_));
   workspace_ = device_alloc(kGemmWorkspaceBytes);
 }

@@ -107,7 +107,8 @@ TEST(CudaTraining, AutotunedRunResumesBitForBit) {
 // step's forward, each layer's ops waiting for its own update. On one SM (the update then
 // takes far longer than the forward of this model, so a missing wait would let the
 // forward read last step's weights) and with the GEMMs left on every SM (the same
-// algorithms), the losses must equal the plain step's bit for bit. With the forward's GEMMs
+// algorithms), the losses must equal the plain step's bit for bit; so must they on every SM
+// at low priority ("all"). With the forward's GEMMs
 // chosen for the other SMs (other algorithms, other roundings) they track it within bf16.
 TEST(CudaTraining, OverlappedOptimizerStepMatchesPlainStep) {
   int world = 1;
@@ -126,6 +127,14 @@ TEST(CudaTraining, OverlappedOptimizerStepMatchesPlainStep) {
   const auto overlapped = test::run_on_ranks(c, 1);
   ASSERT_EQ(overlapped.losses.size(), plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i) EXPECT_EQ(overlapped.losses[i], plain.losses[i]) << "step " << i + 1;
+  // --optimizer-overlap-sms all: the plain kernel on every SM from a low-priority stream,
+  // the GEMMs untouched: the plain step's bits.
+  c.out_dir = test::temp_dir("cuda_overlap_low_priority");
+  c.optimizer_overlap_sms = TrainConfig::kOverlapAllSms;
+  c.overlap_limits_gemms = true;
+  const auto low = test::run_on_ranks(c, 1);
+  ASSERT_EQ(low.losses.size(), plain.losses.size());
+  for (size_t i = 0; i < plain.losses.size(); ++i) EXPECT_EQ(low.losses[i], plain.losses[i]) << "low priority, step " << i + 1;
   c.out_dir = test::temp_dir("cuda_overlap_limited");
   c.optimizer_overlap_sms = 16;
   c.overlap_limits_gemms = true;

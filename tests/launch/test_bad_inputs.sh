@@ -106,6 +106,12 @@ case_memory_option_values() {  # the memory and fault options of session 3, refu
     --out "$WORK/o" $M --gemm-algos fastest
   expect_error $CASE 2 "--optimizer-overlap-sms 8 overlaps the GPU's AdamW with the forward, which needs --device cuda" \
     --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-sms 8
+  expect_error $CASE 2 "--optimizer-overlap-sms all overlaps the GPU's AdamW with the forward, which needs --device cuda" \
+    --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-sms all
+  expect_error $CASE 2 "--optimizer-overlap-sms must be 'all' or a count of SMs >= 0 (got 'most')" \
+    --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-sms most
+  expect_error $CASE 2 "--optimizer-overlap-sms must be 'all' or a count of SMs >= 0 (got '-1')" \
+    --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-sms -1
 }
 case_unknown_flag() { expect_error $CASE 2 "unrecognised option '--bogus'" --data "$DATA" --out "$WORK/o" $M --bogus 1; }
 case_unknown_config_key() {

@@ -247,7 +247,8 @@ TEST_F(LayoutEquivalence, EveryLayoutMatchesOneRank) {
 // --optimizer-overlap-sms on the GPU: AdamW beside the next step's forward, each layer's
 // ops waiting for its own update, is the plain step bit for bit under TP x interleaved PP
 // (several model chunks per stage, the tied embedding's copy on the last stage) and under
-// DP: on one SM, with the forward's GEMMs left on every SM (the same algorithms).
+// DP: on one SM, with the forward's GEMMs left on every SM (the same algorithms), and on
+// every SM at low priority ("all").
 TEST_F(LayoutEquivalence, OverlappedOptimizerIsThePlainStepBitForBit) {
   int world = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
@@ -259,22 +260,28 @@ TEST_F(LayoutEquivalence, OverlappedOptimizerIsThePlainStepBitForBit) {
     if (l.world() > world) continue;
     ++ran;
     const TrainConfig plain = layout_config(l, data_, test::temp_dir("overlap_plain_" + l.name()));
-    TrainConfig overlapped = layout_config(l, data_, test::temp_dir("overlap_" + l.name()));
-    overlapped.optimizer_overlap_sms = 1;
-    overlapped.overlap_limits_gemms = false;
-    const test::RunResult a = test::run_on_ranks(plain, l.world()), b = test::run_on_ranks(overlapped, l.world());
-    ASSERT_EQ(a.losses.size(), b.losses.size()) << l.name();
-    for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_EQ(a.losses[i], b.losses[i]) << l.name() << " step " << i + 1;
-    if (rank != 0) continue;
-    // The last update shows in no loss: the saved parameters and moments must agree too.
-    size_t differ = 0;
-    for (const char* group : {"params", "adam_m", "adam_v"})
-      for (const auto& [name, shape] : full_param_list(plain.model)) {
-        const auto x = test::read_checkpoint_tensor(a.checkpoint, group, name);
-        const auto y = test::read_checkpoint_tensor(b.checkpoint, group, name);
-        for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], sizeof(float)) != 0 ? 1 : 0;
-      }
-    EXPECT_EQ(differ, 0u) << l.name() << ": the overlapped step's parameters or moments differ from the plain step's";
+    const test::RunResult a = test::run_on_ranks(plain, l.world());
+    // On one SM (a missing wait would let the forward read stale weights), and on every SM
+    // from a low-priority stream.
+    for (int sms : {1, TrainConfig::kOverlapAllSms}) {
+      const std::string what = l.name() + (sms < 0 ? " (all SMs, low priority)" : " (one SM)");
+      TrainConfig overlapped = layout_config(l, data_, test::temp_dir("overlap_" + std::to_string(sms) + l.name()));
+      overlapped.optimizer_overlap_sms = sms;
+      overlapped.overlap_limits_gemms = false;
+      const test::RunResult b = test::run_on_ranks(overlapped, l.world());
+      ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
+      for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_EQ(a.losses[i], b.losses[i]) << what << " step " << i + 1;
+      if (rank != 0) continue;
+      // The last update shows in no loss: the saved parameters and moments must agree too.
+      size_t differ = 0;
+      for (const char* group : {"params", "adam_m", "adam_v"})
+        for (const auto& [name, shape] : full_param_list(plain.model)) {
+          const auto x = test::read_checkpoint_tensor(a.checkpoint, group, name);
+          const auto y = test::read_checkpoint_tensor(b.checkpoint, group, name);
+          for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], sizeof(float)) != 0 ? 1 : 0;
+        }
+      EXPECT_EQ(differ, 0u) << what << ": the overlapped step's parameters or moments differ from the plain step's";
+    }
   }
   EXPECT_GT(ran, 0);
 }
