@@ -274,6 +274,16 @@ int main(int argc, char** argv) {
         device_free(mx2);
         device_free(sum2);
       }
+      {
+        float* mx2 = random_f32(N, 28);
+        float* sum2 = random_f32(N, 29);
+        float* loss = random_f32(N, 30);
+        report_bytes("xent fused (stats, loss, backward in place; TP1)",
+                     median_ms([&] { xent_fused(loss, mx2, sum2, logits, logits, targets, N, V, 50257, 1.f / N, st); },
+                               st),
+                     2 * lb);
+        for (void* p : {(void*)mx2, (void*)sum2, (void*)loss}) device_free(p);
+      }
       report_bytes("xent backward in place",
                    median_ms([&] { xent_backward(logits, logits, targets, mx, sum, N, V, 0, 50257,
                                                  1.f / N, st); }, st),

@@ -256,19 +256,22 @@ class CudaBackend final : public Backend {
   Tensor stats(Shape sh) { return Tensor::empty(std::move(sh), DType::F32, Device::CUDA); }
   // Vocab-parallel softmax cross-entropy of N rows: each shard's max and sum of exponentials
   // in one pass over its logits (online softmax), then, over TP shards, three all-reduces
-  // of N floats (max; the sums rescaled to it; target logit) assemble the rows.
+  // of N floats (max; the sums rescaled to it; target logit) assemble the rows. Unsharded:
+  // one fused kernel.
   void xent(Tensor& logits, const int32_t* t, float* losses, Tensor& row_max, Tensor& row_sum, Tensor& tlogit,
             int64_t N, int Vl, int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) {
     if (tp.size() == 1) {
-      cuda::xent_local_stats(row_max.f32(), row_sum.f32(), cb(logits), N, Vl, vstart, vreal, s());
-    } else {
-      Tensor local_max = stats({N});
-      cuda::xent_local_stats(local_max.f32(), row_sum.f32(), cb(logits), N, Vl, vstart, vreal, s());
-      row_max.copy_from(local_max);
-      tp.all_reduce(row_max.raw(), N, DType::F32, ReduceOp::Max);
-      cuda::xent_rescale_sum(row_sum.f32(), local_max.f32(), row_max.f32(), N, s());
-      tp.all_reduce(row_sum.raw(), N, DType::F32, ReduceOp::Sum);
+      // Statistics, loss and dlogits (in place) in one kernel: one read of the logits.
+      cuda::xent_fused(losses, row_max.f32(), row_sum.f32(), grad ? b(logits) : nullptr, cb(logits), t, N, Vl, vreal,
+                       scale, s());
+      return;
     }
+    Tensor local_max = stats({N});
+    cuda::xent_local_stats(local_max.f32(), row_sum.f32(), cb(logits), N, Vl, vstart, vreal, s());
+    row_max.copy_from(local_max);
+    tp.all_reduce(row_max.raw(), N, DType::F32, ReduceOp::Max);
+    cuda::xent_rescale_sum(row_sum.f32(), local_max.f32(), row_max.f32(), N, s());
+    tp.all_reduce(row_sum.raw(), N, DType::F32, ReduceOp::Sum);
     cuda::xent_target_logit(tlogit.f32(), cb(logits), t, N, Vl, vstart, s());
     tp.all_reduce(tlogit.raw(), N, DType::F32, ReduceOp::Sum);
     cuda::xent_losses(losses, row_max.f32(), row_sum.f32(), tlogit.f32(), t, N, s());

@@ -217,6 +217,12 @@ void xent_backward(bf16* dlogits, const bf16* logits, const int32_t* targets,
                    const float* row_max, const float* row_sum, int64_t N, int Vl,
                    int64_t vocab_start, int64_t vocab_real, float dloss_scale,
                    cudaStream_t stream);
+// The unsharded vocabulary (one TP rank; V columns from id 0) in one kernel: row_max,
+// row_sum and losses as xent_local_stats + xent_losses give them, and, when dlogits is not
+// null, xent_backward's dlogits (may alias logits), bit for bit; one DRAM read of the logits.
+void xent_fused(float* losses, float* row_max, float* row_sum, bf16* dlogits, const bf16* logits,
+                const int32_t* targets, int64_t N, int V, int64_t vocab_real, float dloss_scale,
+                cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------
 // Causal self-attention (attention.cu: Braid's flash attention; attention_cudnn.cu: cuDNN)

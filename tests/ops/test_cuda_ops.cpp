@@ -853,6 +853,52 @@ TEST_F(CudaOps, VocabParallelCrossEntropy) {
   }
 }
 
+// The unsharded cross-entropy in one kernel (one TP rank) is the separate kernels' result
+// bit for bit: statistics, losses and the in-place dlogits, with padding columns (vector
+// path), an odd width (scalar path) and ignored rows; without a gradient it leaves the
+// logits alone.
+TEST_F(CudaOps, FusedCrossEntropyIsTheSeparateKernelsBitForBit) {
+  for (const auto [V, vocab_real] : {std::pair<int, int64_t>{504, 500}, {999, 999}, {50304, 50257}}) {
+    SCOPED_TRACE("V=" + std::to_string(V));
+    const int64_t N = V > 1000 ? 9 : 70;
+    std::mt19937 rng(17 + V);
+    std::uniform_int_distribution<int32_t> pick(0, int32_t(vocab_real) - 1);
+    std::vector<int32_t> targets(N);
+    for (auto& t : targets) t = pick(rng);
+    targets[3] = cpu::kIgnoreIndex;
+    targets[N - 1] = int32_t(vocab_real) - 1;  // the last real column
+    const auto d_targets = to_device(targets);
+    const VecF logits = random_bf16(rng, N * V, 0.f, 3.f);
+    const float scale = 1.f / float(N - 1);
+    // Separate kernels.
+    Bf16 sep(logits);
+    F32 mx(N), sum(N), tl(N), loss(N);
+    cuda::xent_local_stats(mx.get(), sum.get(), sep.get(), N, V, 0, vocab_real, stream);
+    cuda::xent_target_logit(tl.get(), sep.get(), d_targets->get(), N, V, 0, stream);
+    cuda::xent_losses(loss.get(), mx.get(), sum.get(), tl.get(), d_targets->get(), N, stream);
+    cuda::xent_backward(sep.get(), sep.get(), d_targets->get(), mx.get(), sum.get(), N, V, 0, vocab_real, scale,
+                        stream);
+    // Fused, in place, and without a gradient.
+    Bf16 fused(logits);
+    F32 fmx(N), fsum(N), floss(N), nloss(N), nmx(N), nsum(N);
+    cuda::xent_fused(floss.get(), fmx.get(), fsum.get(), fused.get(), fused.get(), d_targets->get(), N, V, vocab_real,
+                     scale, stream);
+    Bf16 untouched(logits);
+    cuda::xent_fused(nloss.get(), nmx.get(), nsum.get(), nullptr, untouched.get(), d_targets->get(), N, V, vocab_real,
+                     scale, stream);
+    expect_bitwise("xent_fused row max", fmx.download(), mx.download());
+    expect_bitwise("xent_fused row sum", fsum.download(), sum.download());
+    expect_bitwise("xent_fused losses", floss.download(), loss.download());
+    expect_bitwise("xent_fused dlogits (in place)", fused.download(), sep.download());
+    expect_bitwise("xent_fused losses, no gradient", nloss.download(), loss.download());
+    expect_bitwise("xent_fused without gradient: logits", untouched.download(), logits);
+    const VecF l = loss.download();
+    EXPECT_EQ(l[3], 0.f) << "an ignored row's loss";
+    for (int64_t n = 0; n < N; ++n)
+      if (n != 3) EXPECT_GT(l[n], 0.f) << "row " << n;  // -log p of a real column: p < 1
+  }
+}
+
 // ---- attention -------------------------------------------------------------------------
 
 struct AttnRef {
