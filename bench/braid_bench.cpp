@@ -28,6 +28,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -232,7 +233,12 @@ int main(int argc, char** argv) {
       std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s%s", cfg.recompute.c_str(),
                     cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : ", GEMMs heuristic",
                     cfg.optimizer_overlap_sms > 0
-                        ? (", AdamW beside the forward on " + std::to_string(cfg.optimizer_overlap_sms) + " SMs").c_str()
+                        ? (", AdamW beside the forward on " + std::to_string(cfg.optimizer_overlap_sms) + " SMs" +
+                           (cfg.overlap_gemm_limit < 1 ? ", GEMMs limited for " +
+                                                             std::to_string(int(std::lround(100 * cfg.overlap_gemm_limit))) +
+                                                             "% of the forward"
+                                                       : std::string()))
+                              .c_str()
                     : cfg.optimizer_overlap_sms < 0 ? ", AdamW beside the forward at low priority"
                                                     : "");
       std::printf("braid-bench %s | %s | %s %s attention, %s | B=%d x accum %d x dp %d, T=%d | %.0f tok/s (%.0f per GPU) | "
@@ -269,7 +275,8 @@ int main(int argc, char** argv) {
         j["recompute"] = cfg.recompute;
         j["loss_chunk_mib"] = cfg.loss_chunk_mib;
         j["gemm_autotune"] = cfg.gemm_autotune;
-        j["optimizer_overlap_sms"] = cfg.optimizer_overlap_sms;  // -1: all SMs at low priority
+        j["optimizer_overlap_sms"] = cfg.optimizer_overlap_sms;
+        j["optimizer_overlap_gemm_limit"] = cfg.overlap_gemm_limit;  // -1: all SMs at low priority
         j["micro_batch"] = cfg.micro_batch;
         j["grad_accum"] = cfg.grad_accum;
         j["seq_len"] = m.seq_len;

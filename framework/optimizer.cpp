@@ -98,8 +98,8 @@ void Optimizer::set_bf16_copy(void* copy) {
 }
 bool Optimizer::writes_bf16_copy() const { return dev_ && dev_->bf16_copy != nullptr; }
 
-ParamFence* Optimizer::set_overlap(const std::vector<std::vector<int>>& groups, int sms, bool limit_gemms) {
-  return dev_ && !reducer_.zero() ? dev_->set_overlap(groups, sms, limit_gemms) : nullptr;
+ParamFence* Optimizer::set_overlap(const std::vector<std::vector<int>>& groups, int sms, double gemm_limit) {
+  return dev_ && !reducer_.zero() ? dev_->set_overlap(groups, sms, gemm_limit) : nullptr;
 }
 
 void Optimizer::step(float lr, const AdamWConfig& cfg) {

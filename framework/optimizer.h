@@ -41,8 +41,9 @@ class Optimizer {
   // (owned by the optimizer) makes the backend's compute stream wait for a group's update
   // before it touches one of its parameters, so the update of later layers runs while the
   // forward computes the earlier ones. Null where not supported (CPU, ZeRO-1).
-  // limit_gemms (default): the forward's GEMMs are meanwhile chosen for the other SMs.
-  ParamFence* set_overlap(const std::vector<std::vector<int>>& groups, int sms, bool limit_gemms = true);
+  // gemm_limit: the forward's GEMMs are chosen for the other SMs until the forward has
+  // waited for this fraction of the groups (1, default: all of them; 0: never).
+  ParamFence* set_overlap(const std::vector<std::vector<int>>& groups, int sms, double gemm_limit = 1.0);
 
   int64_t steps_taken() const { return t_; }
   // Bytes of the moments held in host memory (the CPU path; 0 when they live on the GPU).

@@ -7,6 +7,7 @@
 // all-gathered in place into the full parameters. Built only with the CUDA backend.
 #ifdef BRAID_HAVE_CUDA
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "framework/optimizer_device.h"
@@ -98,6 +99,7 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   std::vector<Group> groups;
   std::vector<int> group_of;  // parameter -> group
   size_t waited = 0;          // groups [0, waited) need no wait by the compute stream
+  size_t release = 0;         // limiting ends once the forward has waited for this many groups
   bool limit = false;         // ParamFence::limiting
   int overlap_sms = 0, gemm_reserve = 0;  // 0 SMs: every SM (the plain kernel)
   bool low_priority = false;
@@ -110,14 +112,14 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
     if (grads_ready) cudaEventDestroy(grads_ready);
     if (side) cudaStreamDestroy(side);
   }
-  ParamFence* set_overlap(const std::vector<std::vector<int>>& order, int sms, bool limit_gemms) override {
+  ParamFence* set_overlap(const std::vector<std::vector<int>>& order, int sms, double gemm_limit) override {
     BRAID_CHECK(groups.empty(), "set_overlap called twice");
     // sms < 0: every SM, the plain kernel's short blocks from a stream below the compute
     // stream's priority (the GEMMs keep every SM; the block scheduler starts the forward's
     // blocks first and AdamW's where an SM is free).
     low_priority = sms < 0;
     overlap_sms = std::max(sms, 0);
-    gemm_reserve = limit_gemms ? overlap_sms : 0;
+    gemm_reserve = overlap_sms;
     group_of.assign(size_t(store.size()), -1);
     std::vector<std::vector<int>> lists = order;
     std::vector<int> rest;  // parameters no group names: a last group
@@ -156,6 +158,8 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
     BRAID_CHECK_CUDA(cudaStreamCreateWithPriority(&side, cudaStreamDefault, low_priority ? least : std::max(greatest, least - 1)));
     BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&grads_ready, cudaEventDisableTiming));
     waited = groups.size();
+    release = size_t(std::ceil(gemm_limit * double(groups.size())));
+    if (gemm_reserve == 0) release = 0;
     return this;
   }
   // ParamFence. The side stream updates the groups in order, so group g's event covers
@@ -165,7 +169,7 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
     if (g < waited) return;
     BRAID_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), groups[g].done, 0));
     waited = g + 1;
-    if (waited == groups.size()) limit = false;
+    if (waited >= release) limit = false;
   }
   void wait_all(void* stream) override {
     limit = false;
@@ -173,7 +177,7 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
     BRAID_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), groups.back().done, 0));
     waited = groups.size();
   }
-  void begin_step() override { limit = !groups.empty(); }
+  void begin_step() override { limit = release > 0; }
   bool limiting() const override { return limit; }
   int reserved_sms() const override { return gemm_reserve; }
   // The device copy of grad_scale for adamw_update (null when it is 1), uploaded in stream

@@ -21,7 +21,7 @@ struct Optimizer::DeviceState {
   void* bf16_copy = nullptr;
   virtual void get_moments(std::vector<float>& m, std::vector<float>& v) = 0;
   virtual void set_moments(const std::vector<float>& m, const std::vector<float>& v) = 0;
-  virtual ParamFence* set_overlap(const std::vector<std::vector<int>>& /*groups*/, int /*sms*/, bool /*limit_gemms*/) {
+  virtual ParamFence* set_overlap(const std::vector<std::vector<int>>& /*groups*/, int /*sms*/, double /*gemm_limit*/) {
     return nullptr;
   }
 };

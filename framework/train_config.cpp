@@ -81,6 +81,7 @@ po::options_description train_options(TrainConfig& c) {
     ("device", po::value(&c.device)->default_value("cpu"), "cpu | cuda (bf16 compute, fp32 master weights; one GPU per node-local rank)")
     ("attention", po::value(&c.attention)->default_value("braid"), "CUDA attention: braid (Braid's flash kernel) | cudnn")
     ("gemm-algos", po::value(&c.gemm_algos)->default_value("auto"), "CUDA GEMM algorithms: autotune (time up to 8 of cuBLASLt's candidates at each GEMM shape's first call and keep the fastest; the choices are recorded in OUT/tuning/ and a resumed run takes them, so it repeats the uninterrupted run bit for bit, while a fresh run may choose otherwise and differ in the low bits) | heuristic (cuBLASLt's first answer: the same kernels in every run, slower by 1-3%) | auto (autotune on CUDA; nothing to choose on the CPU)")
+    ("optimizer-overlap-gemm-limit", po::value(&c.overlap_gemm_limit)->default_value(1.0), "with --optimizer-overlap-sms K: the forward's GEMMs are chosen for the other SMs until the forward has reached this fraction of the model's layers (1: the whole forward; 0: never, the GEMMs keep every SM and wait for the update's blocks where they share one). Keyed to the layer, so a resumed run chooses the same GEMMs")
     ("optimizer-overlap-sms", po::value(&c.optimizer_overlap_text)->default_value("0"), "CUDA without ZeRO-1: the AdamW update runs beside the next step's forward, layer by layer in the order the forward reads them; each layer's forward waits for its own update only. K: on K SMs while the forward's GEMMs are chosen for the others; all: on every SM from a stream of lower priority than the forward's (the forward's kernels are scheduled first, AdamW fills what they leave; the same bits as the plain step); 0 = off: the update runs alone on the whole GPU")
     ("tp-comm-chunks", po::value(&c.tp_comm_chunks)->default_value(1), "tensor parallelism without --sequence-parallel: the forward's row-parallel GEMMs (attention output projection, MLP output) run in this many row blocks, each block's all-reduce overlapping the next block's GEMM (1 = one GEMM, then its all-reduce)")
     ("loss-chunk-mib", po::value(&c.loss_chunk_mib)->default_value(256), "LM head and loss over row chunks whose logits take at most this many MiB; a training forward runs the head's backward chunk by chunk, so the [tokens, vocab] logits never exist whole (0 = one logits tensor kept until backward)")
@@ -227,6 +228,8 @@ void validate_train_config(const TrainConfig& c, int world_size) {
                                                          << ": the run would end before it");
   BRAID_REQUIRE(c.gemm_algos == "auto" || c.gemm_algos == "autotune" || c.gemm_algos == "heuristic",
                 "--gemm-algos must be auto, autotune or heuristic (got '" << c.gemm_algos << "')");
+  BRAID_REQUIRE(c.overlap_gemm_limit >= 0 && c.overlap_gemm_limit <= 1,
+                "--optimizer-overlap-gemm-limit must be in [0, 1] (got " << c.overlap_gemm_limit << ")");
   BRAID_REQUIRE(c.optimizer_overlap_sms >= 0 || c.optimizer_overlap_sms == TrainConfig::kOverlapAllSms,
                 "--optimizer-overlap-sms must be 'all' or a count of SMs >= 0 (got " << c.optimizer_overlap_sms << ")");
   BRAID_REQUIRE(c.optimizer_overlap_sms == 0 || (c.device == "cuda" && c.zero == 0),

@@ -50,7 +50,9 @@ struct TrainConfig {
   static constexpr int kOverlapAllSms = -1;
   int optimizer_overlap_sms = 0;
   std::string optimizer_overlap_text = "0";  // --optimizer-overlap-sms as given (K or "all")
-  bool overlap_limits_gemms = true; // testing: false leaves the forward's GEMMs on every SM
+  // --optimizer-overlap-gemm-limit: the forward's GEMMs leave the K SMs to the update until
+  // the forward has waited for this fraction of the updated groups (0: never, on every SM).
+  double overlap_gemm_limit = 1.0;
   bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
   int tp_comm_chunks = 1;           // row blocks of the row-parallel forward GEMMs, all-reduce overlapped

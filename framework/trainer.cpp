@@ -78,7 +78,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
     BRAID_REQUIRE(cfg_.optimizer_overlap_sms < sms, "--optimizer-overlap-sms " << cfg_.optimizer_overlap_sms
                                                     << " leaves no SM of this GPU's " << sms << " to the forward");
     ParamFence* fence = optimizer_->set_overlap(model_->forward_param_groups(), cfg_.optimizer_overlap_sms,
-                                                cfg_.overlap_limits_gemms);
+                                                cfg_.overlap_gemm_limit);
     BRAID_CHECK(fence, "the overlapped optimizer step is not available here");
     backend_->set_param_fence(fence);
     fence_ = fence;

@@ -123,7 +123,7 @@ TEST(CudaTraining, OverlappedOptimizerStepMatchesPlainStep) {
   const auto plain = test::run_on_ranks(c, 1);
   c.out_dir = test::temp_dir("cuda_overlap_one_sm");
   c.optimizer_overlap_sms = 1;
-  c.overlap_limits_gemms = false;
+  c.overlap_gemm_limit = 0.0;
   const auto overlapped = test::run_on_ranks(c, 1);
   ASSERT_EQ(overlapped.losses.size(), plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i) EXPECT_EQ(overlapped.losses[i], plain.losses[i]) << "step " << i + 1;
@@ -131,19 +131,26 @@ TEST(CudaTraining, OverlappedOptimizerStepMatchesPlainStep) {
   // the GEMMs untouched: the plain step's bits.
   c.out_dir = test::temp_dir("cuda_overlap_low_priority");
   c.optimizer_overlap_sms = TrainConfig::kOverlapAllSms;
-  c.overlap_limits_gemms = true;
+  c.overlap_gemm_limit = 1.0;
   const auto low = test::run_on_ranks(c, 1);
   ASSERT_EQ(low.losses.size(), plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i) EXPECT_EQ(low.losses[i], plain.losses[i]) << "low priority, step " << i + 1;
   c.out_dir = test::temp_dir("cuda_overlap_limited");
   c.optimizer_overlap_sms = 16;
-  c.overlap_limits_gemms = true;
+  c.overlap_gemm_limit = 1.0;
   const auto limited = test::run_on_ranks(c, 1);
   ASSERT_EQ(limited.losses.size(), plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i)
     // As TenLossesTrackTheCpuRun: other GEMM algorithms change roundings of bf16 outputs;
     // through 6 steps that moves the loss far less than 2%, a wrong weight far more.
     EXPECT_LE(std::abs(limited.losses[i] - plain.losses[i]) / plain.losses[i], 2e-2) << "step " << i + 1;
+  // The GEMMs limited for the first half of the forward only (the same bound).
+  c.out_dir = test::temp_dir("cuda_overlap_half_limited");
+  c.overlap_gemm_limit = 0.5;
+  const auto half = test::run_on_ranks(c, 1);
+  ASSERT_EQ(half.losses.size(), plain.losses.size());
+  for (size_t i = 0; i < plain.losses.size(); ++i)
+    EXPECT_LE(std::abs(half.losses[i] - plain.losses[i]) / plain.losses[i], 2e-2) << "half limited, step " << i + 1;
 }
 
 // NCCL as the data plane. On one rank every group has one member, which still runs the

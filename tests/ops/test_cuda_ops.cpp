@@ -854,13 +854,15 @@ TEST_F(CudaOps, VocabParallelCrossEntropy) {
 }
 
 // The unsharded cross-entropy in one kernel (one TP rank) is the separate kernels' result
-// bit for bit: statistics, losses and the in-place dlogits, with padding columns (vector
-// path), an odd width (scalar path) and ignored rows; without a gradient it leaves the
-// logits alone.
+// bit for bit: statistics, losses and the in-place dlogits, with padding columns and
+// ignored rows; rows in shared memory (504, GPT-2's 50304), an odd width (999) and a row
+// too long for shared memory (120000) read twice through L2; without a gradient it leaves
+// the logits alone.
 TEST_F(CudaOps, FusedCrossEntropyIsTheSeparateKernelsBitForBit) {
-  for (const auto [V, vocab_real] : {std::pair<int, int64_t>{504, 500}, {999, 999}, {50304, 50257}}) {
+  for (const auto [V, vocab_real] :
+       {std::pair<int, int64_t>{504, 500}, {999, 999}, {50304, 50257}, {120000, 119990}}) {
     SCOPED_TRACE("V=" + std::to_string(V));
-    const int64_t N = V > 1000 ? 9 : 70;
+    const int64_t N = V > 100000 ? 5 : V > 1000 ? 9 : 70;
     std::mt19937 rng(17 + V);
     std::uniform_int_distribution<int32_t> pick(0, int32_t(vocab_real) - 1);
     std::vector<int32_t> targets(N);
