@@ -185,6 +185,10 @@ int main(int argc, char** argv) {
       const double t = max_over_world(r.seconds);
       if (s >= o.warmup) times.push_back(t);
       last_loss = r.loss;
+      // A skipped update (non-finite loss or norm) is not a training step's time.
+      BRAID_REQUIRE(std::isfinite(r.loss) && std::isfinite(r.grad_norm),
+                    "braid-bench: step " << s + 1 << " has a non-finite loss or gradient norm (loss " << r.loss
+                                         << ", norm " << r.grad_norm << "); no timing is reported");
     }
     // Profiled steps (not in the timed figures: the marks cost a little host time per op).
     prof::Report profile;

@@ -166,10 +166,12 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   // every group before it.
   void wait(int param, void* stream) override {
     const size_t g = size_t(group_of[size_t(param)]);
+    // Keyed to the forward's position, not to what is still pending: a step with no update
+    // in flight (the first, or the first after a resume) chooses the same GEMMs.
+    if (g + 1 >= release) limit = false;
     if (g < waited) return;
     BRAID_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), groups[g].done, 0));
     waited = g + 1;
-    if (waited >= release) limit = false;
   }
   void wait_all(void* stream) override {
     limit = false;

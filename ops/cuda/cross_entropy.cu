@@ -86,7 +86,9 @@ __device__ __forceinline__ void stats_vec(const uint4& raw, int v0, int R, float
 }
 // The block's (M, S) from each thread's (m, s); every thread returns them.
 __device__ __forceinline__ void combine_stats(float m, float s, float* shared, float& M, float& S) {
-  combine_stats(m, s, shared, M, S);
+  M = block_max(m, shared);
+  s = m == -INFINITY ? 0.f : s * softmax_exp(m - M);
+  S = block_sum(s, shared);
 }
 __device__ __forceinline__ void row_stats(const bf16* row, int Vl, int R, float* shared, float& M, float& S) {
   float m = -INFINITY, s = 0.f;
