@@ -39,7 +39,9 @@ for r in rows:
     name = r["layout"] if "torch" in r["layout"] else "Braid, %s attention, recompute %s, loss chunk %g MiB%s" % (
         r.get("attention", "?"), r.get("recompute", "?"), r.get("loss_chunk_mib", -1),
         ", GEMMs autotuned" if r.get("gemm_autotune") else ", GEMMs heuristic") + (
-        ", AdamW beside the forward on %d SMs" % r["optimizer_overlap_sms"] if r.get("optimizer_overlap_sms", 0) > 0 else
+        (", AdamW beside the forward on %d SMs" % r["optimizer_overlap_sms"] + (
+            ", GEMMs limited for %g of the forward" % r["optimizer_overlap_gemm_limit"]
+            if r.get("optimizer_overlap_gemm_limit", 1) < 1 else "")) if r.get("optimizer_overlap_sms", 0) > 0 else
         ", AdamW beside the forward at low priority" if r.get("optimizer_overlap_sms", 0) < 0 else "")
     print("| %s | %d | %s | %.0f | %.1f | %.1f%% | %.1f%% | %.1f |" % (r["label"], r["micro_batch"], name, r["tokens_per_s"],
           r["ms_median"], 100 * r["mfu"], 100 * r["hfu"], r["peak_allocator_gib"]))

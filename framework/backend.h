@@ -22,9 +22,10 @@ namespace braid {
 // value, bf16 copy or gradient) the backend calls wait(i, stream): its compute stream then
 // waits for i's update. wait_all: for every update. limiting(): the forward's GEMMs are
 // to leave reserved_sms() SMs to the update: from begin_step() (called at the start of
-// every training step, whether an update was enqueued or not, so that a resumed run
-// chooses the same GEMM kernels as the run it continues) until the step has waited for
-// its last group.
+// every training step, whether an update was enqueued or not) until the forward first
+// touches a parameter of the group where the limit ends (set_overlap's gemm_limit; by
+// default the last group). Keyed to the forward's position, not to what is pending, so a
+// resumed run chooses the same GEMM kernels as the run it continues.
 class ParamFence {
  public:
   virtual ~ParamFence() = default;

@@ -261,6 +261,7 @@ class CudaBackend final : public Backend {
   void xent(Tensor& logits, const int32_t* t, float* losses, Tensor& row_max, Tensor& row_sum, Tensor& tlogit,
             int64_t N, int Vl, int64_t vstart, int64_t vreal, Communicator& tp, bool grad, float scale) {
     if (tp.size() == 1) {
+      BRAID_CHECK(vstart == 0, "an unsharded vocabulary starts at id 0 (got " << vstart << ")");
       // Statistics, loss and dlogits (in place) in one kernel: one read of the logits.
       cuda::xent_fused(losses, row_max.f32(), row_sum.f32(), grad ? b(logits) : nullptr, cb(logits), t, N, Vl, vreal,
                        scale, s());

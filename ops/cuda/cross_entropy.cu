@@ -77,7 +77,7 @@ __device__ __forceinline__ void stats_vec(const uint4& raw, int v0, int R, float
   for (int k = 0; k < 8; ++k)
     if (v0 + k < R) vm = fmaxf(vm, to_float(x[k]));
   if (vm > m) {
-    s *= softmax_exp(m - vm);  // m = -inf: s is 0, and stays 0
+    s = __fmul_rn(s, softmax_exp(m - vm));  // m = -inf: s is 0, and stays 0; never contracted with the sum below
     m = vm;
   }
 #pragma unroll
@@ -99,7 +99,7 @@ __device__ __forceinline__ void row_stats(const bf16* row, int Vl, int R, float*
     for (int v = threadIdx.x; v < R; v += blockDim.x) {
       const float x = to_float(row[v]);
       if (x > m) {
-        s *= softmax_exp(m - x);
+        s = __fmul_rn(s, softmax_exp(m - x));
         m = x;
       }
       s += softmax_exp(x - m);
@@ -320,22 +320,26 @@ void xent_backward(bf16* dlogits, const bf16* logits, const int32_t* targets,
   BRAID_CHECK_LAUNCH();
 }
 
-void xent_fused(float* losses, float* row_max, float* row_sum, bf16* dlogits, const bf16* logits,
-                const int32_t* targets, int64_t N, int V, int64_t vocab_real, float dloss_scale,
-                cudaStream_t stream) {
-  if (N == 0) return;
-  const int R = local_real(V, 0, vocab_real);
-  const size_t smem = size_t(V) * sizeof(bf16);
-  static int device_max = -1;  // opt-in shared memory per block, less room for the static 128 bytes
+bool xent_fused_rows_in_shared_memory(int V) {
+  static int device_max = -1;  // opt-in shared memory per block, less 1 KiB for the static arrays
   if (device_max < 0) {
     int dev = 0, v = 0;
     BRAID_CHECK_CUDA(cudaGetDevice(&dev));
     BRAID_CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     device_max = v - 1024;
   }
-  const bool vec = (V & 7) == 0 && (reinterpret_cast<uintptr_t>(logits) & 15) == 0 &&
-                   (reinterpret_cast<uintptr_t>(dlogits) & 15) == 0;
-  if (vec && smem <= size_t(device_max)) {
+  return (V & 7) == 0 && size_t(V) * sizeof(bf16) <= size_t(device_max);
+}
+
+void xent_fused(float* losses, float* row_max, float* row_sum, bf16* dlogits, const bf16* logits,
+                const int32_t* targets, int64_t N, int V, int64_t vocab_real, float dloss_scale,
+                cudaStream_t stream) {
+  if (N == 0) return;
+  const int R = local_real(V, 0, vocab_real);
+  const size_t smem = size_t(V) * sizeof(bf16);
+  const bool aligned = (reinterpret_cast<uintptr_t>(logits) & 15) == 0 &&
+                       (reinterpret_cast<uintptr_t>(dlogits) & 15) == 0;
+  if (aligned && xent_fused_rows_in_shared_memory(V)) {
     static size_t attribute_set = 0;
     if (smem > attribute_set) {
       BRAID_CHECK_CUDA(cudaFuncSetAttribute(fused_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

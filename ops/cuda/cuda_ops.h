@@ -220,6 +220,9 @@ void xent_backward(bf16* dlogits, const bf16* logits, const int32_t* targets,
 // The unsharded vocabulary (one TP rank; V columns from id 0) in one kernel: row_max,
 // row_sum and losses as xent_local_stats + xent_losses give them, and, when dlogits is not
 // null, xent_backward's dlogits (may alias logits), bit for bit; one DRAM read of the logits.
+// Whether xent_fused keeps rows of V logits in shared memory (V a multiple of 8 that fits
+// this GPU's shared memory per block; 16-byte aligned buffers) or reads each row twice.
+bool xent_fused_rows_in_shared_memory(int V);
 void xent_fused(float* losses, float* row_max, float* row_sum, bf16* dlogits, const bf16* logits,
                 const int32_t* targets, int64_t N, int V, int64_t vocab_real, float dloss_scale,
                 cudaStream_t stream);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <tuple>
 
 #include "../test_util.h"
 #include "framework/checkpoint_format.h"
@@ -74,32 +75,41 @@ TEST(CudaTraining, AutotunedRunResumesBitForBit) {
     ~Reset() { cuda::set_gemm_autotune(false), cuda::gemm_algo_cache_reset(); }
   } reset;
   auto data = test::make_token_dataset("cuda_tuned", 96, 1 << 15, 4096);
-  auto c = config(data, test::temp_dir("cuda_tuned_out"), "cuda", "cudnn");
-  c.gemm_algos = "autotune";
-  c.gemm_autotune = true;
-  c.steps = 6;
-  c.save_every = 3;
-  cuda::gemm_algo_cache_reset();
-  const int timed_before = cuda::gemm_autotuned_shapes();
-  const auto full = test::run_on_ranks(c, 1);
-  ASSERT_EQ(full.losses.size(), 6u);
-  const int timed = cuda::gemm_autotuned_shapes() - timed_before;
-  ASSERT_GT(timed, 0) << "no GEMM configuration had candidates to time";
-  const std::string file = c.out_dir + "/tuning/gemm-algos.rank0.json";
-  ASSERT_TRUE(std::filesystem::exists(file)) << file;
+  // Plain, and with the overlapped AdamW on 16 SMs whose GEMM limit ends mid-forward: the
+  // limit is keyed to the forward's position, so the resumed run's first step (no update
+  // in flight) chooses the GEMMs the uninterrupted run's step did.
+  for (const auto& [name, sms, limit] : {std::tuple<const char*, int, double>{"cuda_tuned_out", 0, 1.0},
+                                         {"cuda_tuned_overlap_out", 16, 0.5}}) {
+    SCOPED_TRACE(name);
+    auto c = config(data, test::temp_dir(name), "cuda", "cudnn");
+    c.gemm_algos = "autotune";
+    c.gemm_autotune = true;
+    c.optimizer_overlap_sms = sms;
+    c.overlap_gemm_limit = limit;
+    c.steps = 6;
+    c.save_every = 3;
+    cuda::gemm_algo_cache_reset();
+    const int timed_before = cuda::gemm_autotuned_shapes();
+    const auto full = test::run_on_ranks(c, 1);
+    ASSERT_EQ(full.losses.size(), 6u);
+    const int timed = cuda::gemm_autotuned_shapes() - timed_before;
+    ASSERT_GT(timed, 0) << "no GEMM configuration had candidates to time";
+    const std::string file = c.out_dir + "/tuning/gemm-algos.rank0.json";
+    ASSERT_TRUE(std::filesystem::exists(file)) << file;
 
-  cuda::gemm_algo_cache_reset();
-  auto r = c;
-  r.resume = (std::filesystem::path(c.out_dir) / "checkpoints" / checkpoint_dir_name(3)).string();
-  ASSERT_TRUE(std::filesystem::is_directory(r.resume)) << r.resume;
-  const int timed_resume = cuda::gemm_autotuned_shapes();
-  const auto resumed = test::run_on_ranks(r, 1);
-  EXPECT_EQ(cuda::gemm_autotuned_shapes(), timed_resume) << "the resumed run timed GEMMs again";
-  EXPECT_GT(cuda::gemm_algos_reused(), 0);
-  ASSERT_EQ(resumed.losses.size(), 3u);
-  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], full.losses[3 + i]) << "step " << 4 + i;
-  std::printf("autotuned run: %d GEMM configurations timed, %d taken from %s on resume\n", timed,
-              cuda::gemm_algos_reused(), file.c_str());
+    cuda::gemm_algo_cache_reset();
+    auto r = c;
+    r.resume = (std::filesystem::path(c.out_dir) / "checkpoints" / checkpoint_dir_name(3)).string();
+    ASSERT_TRUE(std::filesystem::is_directory(r.resume)) << r.resume;
+    const int timed_resume = cuda::gemm_autotuned_shapes();
+    const auto resumed = test::run_on_ranks(r, 1);
+    EXPECT_EQ(cuda::gemm_autotuned_shapes(), timed_resume) << "the resumed run timed GEMMs again";
+    EXPECT_GT(cuda::gemm_algos_reused(), 0);
+    ASSERT_EQ(resumed.losses.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], full.losses[3 + i]) << "step " << 4 + i;
+    std::printf("autotuned run (%s): %d GEMM configurations timed, %d taken from %s on resume\n", name, timed,
+                cuda::gemm_algos_reused(), file.c_str());
+  }
 #endif
 }
 

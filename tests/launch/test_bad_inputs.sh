@@ -112,6 +112,10 @@ case_memory_option_values() {  # the memory and fault options of session 3, refu
     --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-sms most
   expect_error $CASE 2 "--optimizer-overlap-sms must be 'all' or a count of SMs >= 0 (got '-1')" \
     --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-sms -1
+  expect_error $CASE 2 "--optimizer-overlap-gemm-limit must be in [0, 1] (got 1.5)" \
+    --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-gemm-limit 1.5
+  expect_error $CASE 2 "--optimizer-overlap-gemm-limit 0.5 limits the GEMMs beside an update on K SMs, which needs --optimizer-overlap-sms K" \
+    --data "$DATA" --out "$WORK/o" $M --optimizer-overlap-gemm-limit 0.5
 }
 case_unknown_flag() { expect_error $CASE 2 "unrecognised option '--bogus'" --data "$DATA" --out "$WORK/o" $M --bogus 1; }
 case_unknown_config_key() {

@@ -893,6 +893,11 @@ TEST_F(CudaOps, FusedCrossEntropyIsTheSeparateKernelsBitForBit) {
     expect_bitwise("xent_fused losses", floss.download(), loss.download());
     expect_bitwise("xent_fused dlogits (in place)", fused.download(), sep.download());
     expect_bitwise("xent_fused losses, no gradient", nloss.download(), loss.download());
+    expect_bitwise("xent_fused row max, no gradient", nmx.download(), mx.download());
+    expect_bitwise("xent_fused row sum, no gradient", nsum.download(), sum.download());
+    // Both forms ran: rows in shared memory at 504 and 50304 (any GPU with 100 KB of shared
+    // memory per block), read twice at 999 (odd) and 120000 (240 KB).
+    EXPECT_EQ(cuda::xent_fused_rows_in_shared_memory(V), V == 504 || V == 50304);
     expect_bitwise("xent_fused without gradient: logits", untouched.download(), logits);
     const VecF l = loss.download();
     EXPECT_EQ(l[3], 0.f) << "an ignored row's loss";
