@@ -20,7 +20,7 @@ for row in ${PRESETS:-gpt2-124m:16 gpt2-350m:16 gpt2-1.5b:8}; do
   # Both attention kernels with the defaults, then cuDNN storing every activation and the
   # whole logits (what the memory options cost or save).
   # ROWS (env, ';'-separated option sets) replaces these, e.g. ROWS="--attention cudnn".
-  IFS=';' read -r -a row_opts <<<"${ROWS:---attention cudnn;--attention braid;--attention cudnn --recompute none --loss-chunk-mib 0;--attention cudnn --gemm-algos heuristic;--attention cudnn --optimizer-overlap-sms 16;--attention cudnn --optimizer-overlap-sms all}"
+  IFS=';' read -r -a row_opts <<<"${ROWS:---attention cudnn;--attention braid;--attention cudnn --recompute none --loss-chunk-mib 0;--attention cudnn --gemm-algos heuristic;--attention cudnn --optimizer-overlap-sms 16}"
   for opts in "${row_opts[@]}"; do
     timeout 300 "$BIN/braid-bench" --preset "$preset" --device cuda $opts --micro-batch "$b" \
       --grad-accum 1 --bench-steps "$STEPS" --label "$preset" --json "$RES" 2>&1 | tee -a "$OUTD/speed.log" | grep -E "^braid-bench|error"
