@@ -137,11 +137,29 @@ __global__ void target_logit_kernel(float* target_logit, const bf16* logits,
   target_logit[n] = owned ? to_float(logits[n * Vl + v]) : 0.f;
 }
 
+// A row's loss from its statistics and target logit (0 for an ignored row).
+__device__ __forceinline__ float row_loss(int32_t target, float row_max, float row_sum, float target_logit) {
+  return target == kIgnore ? 0.f : logf(row_sum) + row_max - target_logit;
+}
+// The fused kernels' end of the statistics: thread 0 writes the row's max, sum and loss.
+// tlogit is thread 0's read of the target logit, made before the block's first reduction,
+// so before any in-place write of the row.
+__device__ __forceinline__ void write_row_stats(float* losses, float* row_max, float* row_sum, int64_t n,
+                                                int32_t target, float M, float S, float tlogit) {
+  if (threadIdx.x != 0) return;
+  row_max[n] = M;
+  row_sum[n] = S;
+  losses[n] = row_loss(target, M, S, tlogit);
+}
+__device__ __forceinline__ float first_thread_target_logit(const bf16* row, int32_t target, int Vl) {
+  return threadIdx.x == 0 && target != kIgnore && target >= 0 && target < Vl ? to_float(row[target]) : 0.f;
+}
+
 __global__ void losses_kernel(float* losses, const float* row_max, const float* row_sum,
                               const float* target_logit, const int32_t* targets, int64_t N) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
-  losses[n] = targets[n] == kIgnore ? 0.f : logf(row_sum[n]) + row_max[n] - target_logit[n];
+  losses[n] = row_loss(targets[n], row_max[n], row_sum[n], target_logit[n]);
 }
 
 // Eight dlogits of a row (columns v0..v0+7) from their logits; inv = 1 / the row's sum.
@@ -203,15 +221,10 @@ fused_kernel(float* losses, float* row_max, float* row_sum, bf16* dlogits, const
   const int64_t n = blockIdx.x;
   const bf16* row = logits + n * Vl;
   const int32_t target = targets[n];
-  float tlogit = 0.f;  // read before the block's first reduction, so before any write
-  if (threadIdx.x == 0 && target != kIgnore && target >= 0 && target < Vl) tlogit = to_float(row[target]);
+  const float tlogit = first_thread_target_logit(row, target, Vl);
   float M, S;
   row_stats(row, Vl, R, shared, M, S);
-  if (threadIdx.x == 0) {
-    row_max[n] = M;
-    row_sum[n] = S;
-    losses[n] = target == kIgnore ? 0.f : logf(S) + M - tlogit;
-  }
+  write_row_stats(losses, row_max, row_sum, n, target, M, S, tlogit);
   if (dlogits) row_backward(dlogits + n * Vl, row, target, M, S, Vl, R, 0, dloss_scale);
 }
 
@@ -229,8 +242,7 @@ fused_smem_kernel(float* losses, float* row_max, float* row_sum, bf16* dlogits, 
   const int64_t n = blockIdx.x;
   const uint4* row = reinterpret_cast<const uint4*>(logits + n * Vl);
   const int32_t target = targets[n];
-  float tlogit = 0.f;
-  if (threadIdx.x == 0 && target != kIgnore && target >= 0 && target < Vl) tlogit = to_float(logits[n * Vl + target]);
+  const float tlogit = first_thread_target_logit(logits + n * Vl, target, Vl);
   float m = -INFINITY, s = 0.f;
 #pragma unroll 4
   for (int q = threadIdx.x; q * 8 < R; q += blockDim.x) {
@@ -240,11 +252,7 @@ fused_smem_kernel(float* losses, float* row_max, float* row_sum, bf16* dlogits, 
   }
   float M, S;
   combine_stats(m, s, shared, M, S);
-  if (threadIdx.x == 0) {
-    row_max[n] = M;
-    row_sum[n] = S;
-    losses[n] = target == kIgnore ? 0.f : logf(S) + M - tlogit;
-  }
+  write_row_stats(losses, row_max, row_sum, n, target, M, S, tlogit);
   if (!dlogits) return;
   uint4* d = reinterpret_cast<uint4*>(dlogits + n * Vl);
   const uint4 zero = make_uint4(0, 0, 0, 0);  // bf16 +0
