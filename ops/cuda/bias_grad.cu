@@ -3,9 +3,9 @@
 // over them), adds the 8 warp sums in order and writes one partial per (chunk, column);
 // column_finalize adds the partials in chunk order.
 // - 16-byte path (OC % 8 == 0, aligned dout: every linear layer): 256-column tiles, each
-//   lane owns 8 adjacent columns read as one 16-byte vector, and a chunk is 64 rows, so a
-//   lane's 8 rows are all loaded before they are added (the pair path below waits for
-//   memory once per row: 37-43% of the copy bandwidth measured).
+//   lane owns 8 adjacent columns read as one 16-byte vector, and a chunk is 256 rows, so a
+//   lane's rows are loaded 8 at a time before they are added (the pair path below waits
+//   for memory once per row: 37-43% of the copy bandwidth measured).
 // - pair path: 64-column tiles, each lane owns two adjacent columns (one bf16 pair).
 #include "ops/cuda/column_reduce.cuh"
 #include "ops/cuda/cuda_ops.h"
@@ -52,31 +52,48 @@ bias_partials_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
 
 int64_t chunks(int64_t N) { return ceil_div(N, kChunkRows); }
 
-constexpr int kVecChunkRows = 64;  // 8 rows per warp
+// 256 rows per block: each warp row ty adds rows ty, ty + 8, ... (32 of them) in order, in
+// 4 batches of 8 16-byte loads, the next batch loaded before the current one is added.
+// (64-row blocks, one batch each, measured 57-70% of copy at 1.5B: short blocks, a tail
+// wave, and 4x the partial rows for column_finalize.)
+constexpr int kVecChunkRows = 256;
+constexpr int kVecBatch = 8;
+constexpr int kVecBatches = kVecChunkRows / 8 / kVecBatch;
 __global__ void __launch_bounds__(256)
 bias_partials_vec_kernel(float* partial, const bf16* dout, int64_t N, int OC) {
   __shared__ float s[8][257];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c0 = blockIdx.y * 256 + 8 * tx;  // chunks on x (up to 2^31 - 1), tiles on y
   const int64_t chunk = blockIdx.x;
-  const int64_t first = chunk * kVecChunkRows;
+  const int64_t first = chunk * kVecChunkRows + ty;  // this warp row's first row
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   if (c0 < OC) {
-    uint4 raw[kVecChunkRows / 8];
+    auto load = [&](uint4 (&raw)[kVecBatch], int batch) {
 #pragma unroll
-    for (int j = 0; j < kVecChunkRows / 8; ++j) {
-      const int64_t n = first + ty + 8 * j;
-      if (n < N) raw[j] = *reinterpret_cast<const uint4*>(dout + n * OC + c0);
-    }
+      for (int j = 0; j < kVecBatch; ++j) {
+        const int64_t n = first + 8 * (batch * kVecBatch + j);
+        if (n < N) raw[j] = *reinterpret_cast<const uint4*>(dout + n * OC + c0);
+      }
+    };
+    uint4 cur[kVecBatch], next[kVecBatch];
+    load(cur, 0);
 #pragma unroll
-    for (int j = 0; j < kVecChunkRows / 8; ++j) {
-      if (first + ty + 8 * j >= N) break;
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw[j]);
+    for (int batch = 0; batch < kVecBatches; ++batch) {
+      if (batch + 1 < kVecBatches) load(next, batch + 1);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 f = __bfloat1622float2(h[k]);
-        acc[2 * k] += f.x;
-        acc[2 * k + 1] += f.y;
+      for (int j = 0; j < kVecBatch; ++j) {
+        if (first + 8 * (batch * kVecBatch + j) >= N) break;
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&cur[j]);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = __bfloat1622float2(h[k]);
+          acc[2 * k] += f.x;
+          acc[2 * k + 1] += f.y;
+        }
+      }
+      if (batch + 1 < kVecBatches) {
+#pragma unroll
+        for (int j = 0; j < kVecBatch; ++j) cur[j] = next[j];
       }
     }
   }

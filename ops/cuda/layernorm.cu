@@ -149,173 +149,189 @@ layernorm_forward_rows_kernel(bf16* residual, bf16* out, float* mean_out, float*
   }
 }
 
-// Backward, one kernel: block b owns rows [b * kBwdRows, (b + 1) * kBwdRows); each warp takes
-// every kBwdWarps-th of them. Per row: the two row means of the CPU op in fp32 (warp sums),
-// then dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) with dnorm = dout * w,
-// written (or added) to dinp, while xhat * dout and dout are added into the warp's own
-// shared-memory accumulators for dw and db (each lane owns its columns: no races). At the
-// end the warps' accumulators are added in warp order into the block's partial row
-// [dw | db], which column_finalize sums over blocks in order. V = 8 reads 16-byte vectors.
-constexpr int kBwdWarps = 4;
-constexpr int kBwdRows = 16;  // 32 left the 1.5B shape at 1/8 occupancy
-// Four blocks per SM for the widest rows (CH 6 and 8: at most 128 registers a thread, 36
-// bytes spilled): unbounded, CH = 8 (C = 1600) took 154 registers, three blocks fitted an
-// SM, and the 512 blocks of the 1.5B shape (B8) ran as 396 + 116, two waves, the second
-// a quarter full. The narrower rows keep their 64-96 registers (0: no bound; a bound of
-// 4 blocks let CH 3-4 grow to 109 registers, one block per SM fewer). Same arithmetic.
-constexpr int kBwdMinBlocks = 4;
+// Backward: one block per row at a time, kBwdRows consecutive rows per block, in order.
+// Thread t of a block of TPR threads (C / 8 / VPT rounded up to whole warps) owns the
+// columns (v * TPR + t) * 8 + k (v < VPT, k < 8): 16-byte vectors, adjacent threads on
+// adjacent vectors. Rows arrive through a ring of S shared-memory stages [dout | inp |
+// dinp], filled by cp.async S - 1 rows ahead: each thread copies and later reads only its
+// own vectors, so a stage needs no barrier, and the copies are in flight whatever the
+// register allocator does (the previous kernel held rows in registers, 16 warps an SM at
+// 1.5B, 52-60% of copy; a register prefetch of the next row was slower still: ptxas sank
+// the loads). Per row: the two row means of the CPU op (a thread's elements in (v, k)
+// order, a warp butterfly, then the warps' sums in warp order through shared memory, one
+// barrier), then dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) with
+// dnorm = dout * w, written (or added) to dinp, while xhat * dout and dout are added in
+// row order into the thread's registers for dw and db. At the end each thread writes its
+// columns of the block's partial row [dw | db]; column_finalize sums the partials over
+// blocks in order. The bits and the partial rows depend on C and N only (not the device).
+// VEC = false (C % 8 != 0 or unaligned rows): the same kernel with element loads into the
+// stages, so its bits equal the vector form's (asserted in test_cuda_ops).
+constexpr int kBwdRows = 16;
+constexpr int kBwdMaxThreads = 512;
 
-// The backward's per-warp shared-memory accumulators [dw | db] of this warp, zeroed.
-__device__ __forceinline__ float* zeroed_warp_accumulators(float* s_acc, int warp, int lane, int C) {
-  float* acc = s_acc + int64_t(warp) * 2 * C;
-  for (int c = lane; c < 2 * C; c += 32) acc[c] = 0.f;
-  __syncwarp();
-  return acc;
-}
-// The block's partial row [dw | db]: the warps' accumulators added in warp order.
-template <int V>
-__device__ __forceinline__ void write_block_partial(float* partial, const float* s_acc, int C) {
-  __syncthreads();
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
-    const int slot = c < C ? acc_slot<V>(c, C) : C + acc_slot<V>(c - C, C);
-    float t = 0.f;
+// Columns of a stage's array: C rounded up to whole 16-byte vectors.
+__host__ __device__ __forceinline__ int bwd_width(int C) { return (C + 7) / 8 * 8; }
+template <int VPT>
+__host__ __device__ constexpr int bwd_stages() { return VPT == 1 ? 4 : 2; }
+template <int VPT>
+size_t bwd_smem_bytes(int C) { return size_t(bwd_stages<VPT>()) * 3 * bwd_width(C) * sizeof(bf16); }
+
+// The 8 weights of a vector (zeros beyond C).
+template <bool VEC>
+__device__ __forceinline__ void load_weights(float (&wv)[8], const float* w, int c0, int C) {
+  if constexpr (VEC) {
+    load_f32<8>(wv, w + c0);
+  } else {
 #pragma unroll
-    for (int k = 0; k < kBwdWarps; ++k) t += s_acc[int64_t(k) * 2 * C + slot];
-    partial[int64_t(blockIdx.x) * 2 * C + c] = t;
+    for (int k = 0; k < 8; ++k) wv[k] = c0 + k < C ? w[c0 + k] : 0.f;
   }
 }
 
-template <int V>
-__global__ void __launch_bounds__(kBwdWarps * 32)
+// This thread's vector at c0 of row `src` into `dst` (zeros beyond C).
+template <bool VEC>
+__device__ __forceinline__ void fetch_vec(bf16* dst, const bf16* src, int c0, int C) {
+  if constexpr (VEC) {
+    cp_async_16(dst + c0, src + c0, true);
+  } else {
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    bf16* h = reinterpret_cast<bf16*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      if (c0 + k < C) h[k] = src[c0 + k];
+    *reinterpret_cast<uint4*>(dst + c0) = raw;
+  }
+}
+
+template <int VPT, bool VEC>
+__global__ void __launch_bounds__(kBwdMaxThreads)
 layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
                           const float* w, const float* mean, const float* rstd, int64_t N,
                           int C, bool accumulate) {
-  extern __shared__ float s_acc[];  // [kBwdWarps][2 * C]: dw then db, per warp
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float* acc_dw = zeroed_warp_accumulators(s_acc, warp, lane, C);
-  float* acc_db = acc_dw + C;
+  constexpr int S = bwd_stages<VPT>();
+  extern __shared__ __align__(16) unsigned char bwd_smem[];
+  __shared__ float2 red[2][kBwdMaxThreads / 32];  // [row parity][warp]: sum dn, sum dn * xhat
+  __shared__ float stats[2][kBwdRows];             // the block's rows' mean and rstd
+  bf16* ring = reinterpret_cast<bf16*>(bwd_smem);  // [S][dout | inp | dinp][W]
+  const int t = threadIdx.x, TPR = blockDim.x, warp = t >> 5, lane = t & 31, warps = TPR >> 5;
+  const int W = bwd_width(C);
   const int64_t row0 = int64_t(blockIdx.x) * kBwdRows;
-  for (int r = warp; r < kBwdRows; r += kBwdWarps) {
+  const int rows = int(min(int64_t(kBwdRows), N - row0));
+  const bf16* old = dinp != nullptr && accumulate ? dinp : nullptr;
+  auto fetch = [&](int r) {  // row r of the block into stage r % S
+    bf16* st = ring + size_t(r % S) * 3 * W;
     const int64_t n = row0 + r;
-    if (n >= N) break;
-    const bf16* g = dout + n * C;
-    const bf16* x = inp + n * C;
-    const float m = mean[n], s = rstd[n];
-    float sum_dn = 0.f, sum_dnx = 0.f;
-    for (int c0 = lane * V; c0 < C; c0 += 32 * V) {
-      float gv[V], xv[V], wv[V];
-      load_bf16<V>(gv, g + c0);
-      load_bf16<V>(xv, x + c0);
-      load_f32<V>(wv, w + c0);
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float dn = gv[k] * wv[k];
+    for (int v = 0; v < VPT; ++v) {
+      const int c0 = (v * TPR + t) * 8;
+      if (c0 >= C) continue;
+      fetch_vec<VEC>(st, dout + n * C, c0, C);
+      fetch_vec<VEC>(st + W, inp + n * C, c0, C);
+      if (old) fetch_vec<VEC>(st + 2 * W, old + n * C, c0, C);
+    }
+  };
+#pragma unroll
+  for (int r = 0; r < S - 1; ++r) {
+    if (r < rows) fetch(r);
+    cp_async_commit();
+  }
+  if (t < rows) {
+    stats[0][t] = mean[row0 + t];
+    stats[1][t] = rstd[row0 + t];
+  }
+  __syncthreads();
+  float acc_dw[VPT][8], acc_db[VPT][8], wv[VPT][8];  // wv: this thread's weights (0 beyond C)
+#pragma unroll
+  for (int v = 0; v < VPT; ++v) {
+    const int c0 = (v * TPR + t) * 8;
+    if (c0 < C) load_weights<VEC>(wv[v], w, c0, C);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) acc_dw[v][k] = acc_db[v][k] = 0.f;
+  }
+  const float inv_c = 1.f / float(C);
+#pragma unroll 1
+  for (int r = 0; r < rows; ++r) {
+    if (r + S - 1 < rows) fetch(r + S - 1);  // into the stage of row r - 1, read last time
+    cp_async_commit();
+    cp_async_wait<S - 1>();  // row r's copies (this thread's own) have landed
+    const bf16* st = ring + size_t(r % S) * 3 * W;
+    const float m = stats[0][r], s = stats[1][r];
+    float sum_dn = 0.f, sum_dnx = 0.f;
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+      const int c0 = (v * TPR + t) * 8;
+      if (c0 >= C) continue;
+      float g[8], x[8];
+      unpack8(g, load16(st + c0));
+      unpack8(x, load16(st + W + c0));
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (!VEC && c0 + k >= C) continue;  // VEC: C % 8 == 0, whole vectors
+        const float dn = g[k] * wv[v][k];
         sum_dn += dn;
-        sum_dnx += dn * ((xv[k] - m) * s);
+        sum_dnx += dn * ((x[k] - m) * s);
       }
     }
-    const float mean_dn = warp_sum(sum_dn) / C, mean_dnx = warp_sum(sum_dnx) / C;
-    for (int c0 = lane * V; c0 < C; c0 += 32 * V) {
-      float gv[V], xv[V], wv[V], dx[V];
-      load_bf16<V>(gv, g + c0);  // the row is in L1 from the first pass
-      load_bf16<V>(xv, x + c0);
-      load_f32<V>(wv, w + c0);
+    sum_dn = warp_sum(sum_dn);
+    sum_dnx = warp_sum(sum_dnx);
+    if (lane == 0) red[r & 1][warp] = make_float2(sum_dn, sum_dnx);
+    __syncthreads();  // (the other parity's slots, read last row, are free: one barrier a row)
+    float tot_dn = 0.f, tot_dnx = 0.f;
+    for (int k = 0; k < warps; ++k) {
+      const float2 p = red[r & 1][k];
+      tot_dn += p.x;
+      tot_dnx += p.y;
+    }
+    const float mean_dn = tot_dn * inv_c, mean_dnx = tot_dnx * inv_c;
+    bf16* drow = dinp + (row0 + r) * C;
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float xhat = (xv[k] - m) * s;
-        const float dn = gv[k] * wv[k];
+    for (int v = 0; v < VPT; ++v) {
+      const int c0 = (v * TPR + t) * 8;
+      if (c0 >= C) continue;
+      float g[8], x[8], dx[8], od[8];
+      unpack8(g, load16(st + c0));
+      unpack8(x, load16(st + W + c0));
+      if (old) unpack8(od, load16(st + 2 * W + c0));
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float xhat = (x[k] - m) * s;
+        const float dn = g[k] * wv[v][k];
         dx[k] = s * (dn - mean_dn - xhat * mean_dnx);
-        acc_dw[acc_slot<V>(c0 + k, C)] += xhat * gv[k];
-        acc_db[acc_slot<V>(c0 + k, C)] += gv[k];
+        if (old) dx[k] += od[k];
+        acc_dw[v][k] += xhat * g[k];
+        acc_db[v][k] += g[k];
       }
-      if (dinp) {
-        if (accumulate) {
-          float old[V];
-          load_bf16<V>(old, dinp + n * C + c0);
+      if (dinp == nullptr) continue;
+      if constexpr (VEC) {
+        store_bf16<8>(drow + c0, dx);
+      } else {
 #pragma unroll
-          for (int k = 0; k < V; ++k) dx[k] += old[k];
-        }
-        store_bf16<V>(dinp + n * C + c0, dx);
+        for (int k = 0; k < 8; ++k)
+          if (c0 + k < C) drow[c0 + k] = to_bf16(dx[k]);
       }
     }
   }
-  if (partial == nullptr) return;  // uniform over the block
-  write_block_partial<V>(partial, s_acc, C);
-}
-
-// The backward with register rows (see above); the same blocks, accumulators and order as
-// layernorm_backward_kernel<8>.
-template <int CH>
-__global__ void __launch_bounds__(kBwdWarps * 32, CH >= 6 ? kBwdMinBlocks : 0)
-layernorm_backward_rows_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
-                               const float* w, const float* mean, const float* rstd, int64_t N,
-                               int C, bool accumulate) {
-  extern __shared__ float s_acc[];  // [kBwdWarps][2 * C]: dw then db, per warp
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float* acc_dw = zeroed_warp_accumulators(s_acc, warp, lane, C);
-  float* acc_db = acc_dw + C;
-  const bool add_old = dinp != nullptr && accumulate;
-  const int64_t row0 = int64_t(blockIdx.x) * kBwdRows;
-  for (int r = warp; r < kBwdRows; r += kBwdWarps) {
-    const int64_t n = row0 + r;
-    if (n >= N) break;
-    uint4 rg[CH], rx[CH], rold[CH];
+  if (partial == nullptr) return;
+  float* prow = partial + int64_t(blockIdx.x) * 2 * C;
 #pragma unroll
-    for (int j = 0; j < CH; ++j) {
-      const int c0 = (lane + 32 * j) * 8;
-      if (c0 < C) {
-        rg[j] = load16(dout + n * C + c0);
-        rx[j] = load16(inp + n * C + c0);
-        if (add_old) rold[j] = load16(dinp + n * C + c0);
-      }
-    }
-    const float m = mean[n], s = rstd[n];
-    float sum_dn = 0.f, sum_dnx = 0.f;
+  for (int v = 0; v < VPT; ++v) {
+    const int c0 = (v * TPR + t) * 8;
+    if (c0 >= C) continue;
+    if constexpr (VEC) {  // 32 contiguous bytes per thread (C % 8 == 0: 16-byte aligned)
+      float4* pw = reinterpret_cast<float4*>(prow + c0);
+      float4* pb = reinterpret_cast<float4*>(prow + C + c0);
+      pw[0] = make_float4(acc_dw[v][0], acc_dw[v][1], acc_dw[v][2], acc_dw[v][3]);
+      pw[1] = make_float4(acc_dw[v][4], acc_dw[v][5], acc_dw[v][6], acc_dw[v][7]);
+      pb[0] = make_float4(acc_db[v][0], acc_db[v][1], acc_db[v][2], acc_db[v][3]);
+      pb[1] = make_float4(acc_db[v][4], acc_db[v][5], acc_db[v][6], acc_db[v][7]);
+    } else {
 #pragma unroll
-    for (int j = 0; j < CH; ++j) {
-      const int c0 = (lane + 32 * j) * 8;
-      if (c0 >= C) continue;
-      float gv[8], xv[8], wv[8];
-      unpack8(gv, rg[j]);
-      unpack8(xv, rx[j]);
-      load_f32<8>(wv, w + c0);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float dn = gv[k] * wv[k];
-        sum_dn += dn;
-        sum_dnx += dn * ((xv[k] - m) * s);
-      }
-    }
-    const float mean_dn = warp_sum(sum_dn) / C, mean_dnx = warp_sum(sum_dnx) / C;
-#pragma unroll
-    for (int j = 0; j < CH; ++j) {
-      const int c0 = (lane + 32 * j) * 8;
-      if (c0 >= C) continue;
-      float gv[8], xv[8], wv[8], dx[8];
-      unpack8(gv, rg[j]);
-      unpack8(xv, rx[j]);
-      load_f32<8>(wv, w + c0);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float xhat = (xv[k] - m) * s;
-        const float dn = gv[k] * wv[k];
-        dx[k] = s * (dn - mean_dn - xhat * mean_dnx);
-        acc_dw[acc_slot<8>(c0 + k, C)] += xhat * gv[k];
-        acc_db[acc_slot<8>(c0 + k, C)] += gv[k];
-      }
-      if (dinp) {
-        if (add_old) {
-          float old[8];
-          unpack8(old, rold[j]);
-#pragma unroll
-          for (int k = 0; k < 8; ++k) dx[k] += old[k];
+      for (int k = 0; k < 8; ++k)
+        if (c0 + k < C) {
+          prow[c0 + k] = acc_dw[v][k];
+          prow[C + c0 + k] = acc_db[v][k];
         }
-        store_bf16<8>(dinp + n * C + c0, dx);
-      }
     }
   }
-  if (partial == nullptr) return;  // uniform over the block
-  write_block_partial<8>(partial, s_acc, C);
 }
 
 std::atomic<bool> g_force_loop{false};
@@ -394,31 +410,29 @@ void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const b
   BRAID_CHECK(!params || scratch != nullptr,
               "layernorm_backward needs scratch (layernorm_backward_scratch_bytes)");
   float* partial = params ? static_cast<float*>(scratch) : nullptr;
-  const size_t smem = size_t(kBwdWarps) * 2 * C * sizeof(float);
-  BRAID_CHECK(smem <= 227 * 1024, "layernorm_backward: C = " << C << " is more than supported");
+  // Vectors per thread: one while a row fits kBwdMaxThreads threads (C <= 4096), else 2 or 4.
+  const int64_t vectors = ceil_div(C, 8);
+  const int vpt = vectors <= kBwdMaxThreads ? 1 : vectors <= 2 * kBwdMaxThreads ? 2 : 4;
+  BRAID_CHECK(vectors <= 4 * kBwdMaxThreads,
+              "layernorm_backward: C = " << C << " is more than supported (" << 32 * kBwdMaxThreads << ")");
+  const unsigned threads = unsigned(ceil_div(ceil_div(vectors, vpt), 32) * 32);
   const unsigned blocks = unsigned(backward_blocks(N));
-  const bool vec = C % 8 == 0 && aligned16(dout) && aligned16(inp) && aligned16(w) &&
-                   (dinp == nullptr || aligned16(dinp));
-  auto launch = [&](auto kernel) {
-    if (smem > 48 * 1024)
-      BRAID_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            int(smem)));
-    kernel<<<blocks, kBwdWarps * 32, smem, stream>>>(dinp, partial, dout, inp, w, mean, rstd, N,
-                                                     C, accumulate);
+  const bool vec = !g_force_loop.load(std::memory_order_relaxed) && C % 8 == 0 && aligned16(dout) &&
+                   aligned16(inp) && aligned16(w) && (dinp == nullptr || aligned16(dinp));
+  auto launch = [&](auto kernel, size_t smem) {
+    BRAID_CHECK(smem <= 200 * 1024, "layernorm_backward: C = " << C << " is more than supported");
+    if (smem > 40 * 1024)  // (the static shared memory counts against the 48 KB default too)
+      BRAID_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<blocks, threads, smem, stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C, accumulate);
     BRAID_CHECK_LAUNCH();
   };
-  if (vec) {
-    switch (row_chunks(C)) {
-      case 1: launch(layernorm_backward_rows_kernel<1>); break;
-      case 2: launch(layernorm_backward_rows_kernel<2>); break;
-      case 3: launch(layernorm_backward_rows_kernel<3>); break;
-      case 4: launch(layernorm_backward_rows_kernel<4>); break;
-      case 6: launch(layernorm_backward_rows_kernel<6>); break;
-      case 8: launch(layernorm_backward_rows_kernel<8>); break;
-      default: launch(layernorm_backward_kernel<8>); break;
-    }
-  } else {
-    launch(layernorm_backward_kernel<1>);
+  switch (vpt * 2 + (vec ? 1 : 0)) {
+    case 2: launch(layernorm_backward_kernel<1, false>, bwd_smem_bytes<1>(C)); break;
+    case 3: launch(layernorm_backward_kernel<1, true>, bwd_smem_bytes<1>(C)); break;
+    case 4: launch(layernorm_backward_kernel<2, false>, bwd_smem_bytes<2>(C)); break;
+    case 5: launch(layernorm_backward_kernel<2, true>, bwd_smem_bytes<2>(C)); break;
+    case 8: launch(layernorm_backward_kernel<4, false>, bwd_smem_bytes<4>(C)); break;
+    default: launch(layernorm_backward_kernel<4, true>, bwd_smem_bytes<4>(C)); break;
   }
   if (params) column_finalize(dw, db, C, partial, blocks, 2 * C, stream, overwrite_params);
 }

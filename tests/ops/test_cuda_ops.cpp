@@ -355,12 +355,14 @@ LnRef layernorm64(const VecD& x, const VecF& w, const VecF& b, int64_t N, int C)
 }
 
 TEST_F(CudaOps, ResidualLayerNormForwardBackward) {
-  // Register rows (layernorm.cu) with whole (768: 3 vectors per lane) and partial (1600:
-  // 6.25 vectors per lane, 8 reserved) warp passes and every other instantiation (256,
-  // 512, 1024, 1280: 1, 2, 4, 6 vectors), the 16-byte loop kernels (2304: more than
-  // register rows take), and single elements (100).
+  // Forward: register rows (layernorm.cu) with whole (768: 3 vectors per lane) and partial
+  // (1600: 6.25 vectors per lane, 8 reserved) warp passes and every other instantiation
+  // (256, 512, 1024, 1280: 1, 2, 4, 6 vectors), the 16-byte loop kernels (2304: more than
+  // register rows take), and single elements (100). Backward: one vector per thread (a
+  // partial last warp at 1600 and 100), two (5000: 625 vectors), four (8448: 1056 vectors)
+  // and element loads (100).
   for (auto [N, C] : {std::pair<int64_t, int>{600, 768}, {40, 1600}, {9, 256}, {9, 512}, {9, 1024}, {9, 1280},
-                      {21, 2304}, {37, 100}}) {
+                      {21, 2304}, {37, 100}, {19, 5000}, {19, 8448}}) {
     SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C));
     std::mt19937 rng(4 + C);
     const VecF a = random_bf16(rng, N * C, 3.f, 1.f), b = random_bf16(rng, N * C, 0.f, 2.f);
@@ -420,13 +422,14 @@ TEST_F(CudaOps, ResidualLayerNormForwardBackward) {
 
 // The register-row kernels do the loop kernels' arithmetic in the same order: the same
 // bits, forward (with and without the residual) and backward (accumulating into dinp, and
-// the weight gradients), at every instantiation and a partial warp pass.
+// the weight gradients; there the loop form is the same kernel with element loads), at
+// every instantiation and a partial warp pass.
 TEST_F(CudaOps, LayerNormRegisterRowsAreTheLoopKernelsBitForBit) {
   struct Loop {  // the loop kernels for the scope's duration, however it ends
     Loop() { cuda::layernorm_force_loop_kernels(true); }
     ~Loop() { cuda::layernorm_force_loop_kernels(false); }
   };
-  for (int C : {256, 512, 768, 1024, 1280, 1600, 2048}) {
+  for (int C : {256, 512, 768, 1024, 1280, 1600, 2048, 5000, 8448}) {
     SCOPED_TRACE("C=" + std::to_string(C));
     const int64_t N = 35;  // 3 backward blocks of 16 rows, the last partial
     std::mt19937 rng(30 + C);
