@@ -135,7 +135,9 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  // "memory": no shared-memory read is moved above the wait (the layernorm backward reads
+  // its own copies right after it, with no barrier between).
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // ---- Tensor-core fragments (mma.sync m16n8k16, bf16 inputs, fp32 accumulators) ---------

@@ -80,7 +80,8 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, con
 // dinp (=/+=) LN backward in fp32; dw += sum_n xhat * dout, db += sum_n dout (fp32,
 // deterministic through `scratch`; = instead of += with overwrite_params). dw or db may be null.
 size_t layernorm_backward_scratch_bytes(int64_t N, int C);
-// Testing: route 16-byte rows to the loop kernels instead of the register-row kernels
+// Testing: route 16-byte rows to the loop kernels instead of the register-row kernels in
+// the forward, and to the element-load form of the same kernel in the backward
 // (process-wide), so that a test can compare the two bit for bit.
 void layernorm_force_loop_kernels(bool on);
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,

@@ -15,8 +15,7 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;
 constexpr int kWarpsPerBlock = 4;
 
-// Where column c of a row lives in a warp's shared-memory row (and, in the backward, in
-// its accumulators): with V = 8 a lane owns 8 consecutive columns, so they are stored
+// Where column c of a row lives in a warp's shared-memory row (forward loop kernel): with V = 8 a lane owns 8 consecutive columns, so they are stored
 // k-major (column c0 + k at k * C/8 + c0/8) and the lanes of a warp touch consecutive
 // words (no bank conflicts).
 template <int V>
@@ -157,7 +156,7 @@ layernorm_forward_rows_kernel(bf16* residual, bf16* out, float* mean_out, float*
 // own vectors, so a stage needs no barrier, and the copies are in flight whatever the
 // register allocator does (the previous kernel held rows in registers, 16 warps an SM at
 // 1.5B, 52-60% of copy; a register prefetch of the next row was slower still: ptxas sank
-// the loads). Per row: the two row means of the CPU op (a thread's elements in (v, k)
+// the loads). Per row: the two row means of the CPU op, times 1 / C (a thread's elements in (v, k)
 // order, a warp butterfly, then the warps' sums in warp order through shared memory, one
 // barrier), then dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) with
 // dnorm = dout * w, written (or added) to dinp, while xhat * dout and dout are added in
@@ -409,6 +408,7 @@ void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const b
   const bool params = dw || db;
   BRAID_CHECK(!params || scratch != nullptr,
               "layernorm_backward needs scratch (layernorm_backward_scratch_bytes)");
+  BRAID_CHECK(C > 0, "layernorm_backward: C = " << C);
   float* partial = params ? static_cast<float*>(scratch) : nullptr;
   // Vectors per thread: one while a row fits kBwdMaxThreads threads (C <= 4096), else 2 or 4.
   const int64_t vectors = ceil_div(C, 8);
@@ -418,9 +418,18 @@ void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const b
   const unsigned threads = unsigned(ceil_div(ceil_div(vectors, vpt), 32) * 32);
   const unsigned blocks = unsigned(backward_blocks(N));
   const bool vec = !g_force_loop.load(std::memory_order_relaxed) && C % 8 == 0 && aligned16(dout) &&
-                   aligned16(inp) && aligned16(w) && (dinp == nullptr || aligned16(dinp));
+                   aligned16(inp) && aligned16(w) && (dinp == nullptr || aligned16(dinp)) &&
+                   (partial == nullptr || aligned16(partial));  // float4 partial writes
   auto launch = [&](auto kernel, size_t smem) {
-    BRAID_CHECK(smem <= 200 * 1024, "layernorm_backward: C = " << C << " is more than supported");
+    static const int optin = [] {  // the device's shared memory per block (opt-in)
+      int dev = 0, v = 0;
+      BRAID_CHECK_CUDA(cudaGetDevice(&dev));
+      BRAID_CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+      return v;
+    }();
+    BRAID_CHECK(smem + 1024 <= size_t(optin), "layernorm_backward: C = " << C << " needs " << smem / 1024
+                                               << " KiB of shared memory per block; this GPU allows "
+                                               << optin / 1024 << " KiB");
     if (smem > 40 * 1024)  // (the static shared memory counts against the 48 KB default too)
       BRAID_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<blocks, threads, smem, stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C, accumulate);

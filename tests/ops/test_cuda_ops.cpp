@@ -360,9 +360,9 @@ TEST_F(CudaOps, ResidualLayerNormForwardBackward) {
   // (256, 512, 1024, 1280: 1, 2, 4, 6 vectors), the 16-byte loop kernels (2304: more than
   // register rows take), and single elements (100). Backward: one vector per thread (a
   // partial last warp at 1600 and 100), two (5000: 625 vectors), four (8448: 1056 vectors)
-  // and element loads (100).
+  // and element loads (100; 5001 with two vectors per thread, the last one partial).
   for (auto [N, C] : {std::pair<int64_t, int>{600, 768}, {40, 1600}, {9, 256}, {9, 512}, {9, 1024}, {9, 1280},
-                      {21, 2304}, {37, 100}, {19, 5000}, {19, 8448}}) {
+                      {21, 2304}, {37, 100}, {19, 5000}, {19, 8448}, {13, 5001}}) {
     SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C));
     std::mt19937 rng(4 + C);
     const VecF a = random_bf16(rng, N * C, 3.f, 1.f), b = random_bf16(rng, N * C, 0.f, 2.f);
