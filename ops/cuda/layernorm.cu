@@ -15,9 +15,9 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;
 constexpr int kWarpsPerBlock = 4;
 
-// Where column c of a row lives in a warp's shared-memory row (forward loop kernel): with V = 8 a lane owns 8 consecutive columns, so they are stored
-// k-major (column c0 + k at k * C/8 + c0/8) and the lanes of a warp touch consecutive
-// words (no bank conflicts).
+// Where column c of a row lives in a warp's shared-memory row (forward loop kernel): with
+// V = 8 a lane owns 8 consecutive columns, so they are stored k-major (column c0 + k at
+// k * C/8 + c0/8) and the lanes of a warp touch consecutive words (no bank conflicts).
 template <int V>
 __device__ __forceinline__ int acc_slot(int c, int C) {
   return V == 8 ? (c & 7) * (C >> 3) + (c >> 3) : c;
@@ -156,9 +156,9 @@ layernorm_forward_rows_kernel(bf16* residual, bf16* out, float* mean_out, float*
 // own vectors, so a stage needs no barrier, and the copies are in flight whatever the
 // register allocator does (the previous kernel held rows in registers, 16 warps an SM at
 // 1.5B, 52-60% of copy; a register prefetch of the next row was slower still: ptxas sank
-// the loads). Per row: the two row means of the CPU op, times 1 / C (a thread's elements in (v, k)
-// order, a warp butterfly, then the warps' sums in warp order through shared memory, one
-// barrier), then dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) with
+// the loads). Per row: the two row means of the CPU op, as sums times 1 / C (a thread's
+// elements in (v, k) order, a warp butterfly, then the warps' sums in warp order through
+// shared memory, one barrier), then dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) with
 // dnorm = dout * w, written (or added) to dinp, while xhat * dout and dout are added in
 // row order into the thread's registers for dw and db. At the end each thread writes its
 // columns of the block's partial row [dw | db]; column_finalize sums the partials over
@@ -420,13 +420,13 @@ void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const b
   const bool vec = !g_force_loop.load(std::memory_order_relaxed) && C % 8 == 0 && aligned16(dout) &&
                    aligned16(inp) && aligned16(w) && (dinp == nullptr || aligned16(dinp)) &&
                    (partial == nullptr || aligned16(partial));  // float4 partial writes
+  static const int optin = [] {  // the device's shared memory per block (opt-in), asked once
+    int dev = 0, v = 0;
+    BRAID_CHECK_CUDA(cudaGetDevice(&dev));
+    BRAID_CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return v;
+  }();
   auto launch = [&](auto kernel, size_t smem) {
-    static const int optin = [] {  // the device's shared memory per block (opt-in)
-      int dev = 0, v = 0;
-      BRAID_CHECK_CUDA(cudaGetDevice(&dev));
-      BRAID_CHECK_CUDA(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-      return v;
-    }();
     BRAID_CHECK(smem + 1024 <= size_t(optin), "layernorm_backward: C = " << C << " needs " << smem / 1024
                                                << " KiB of shared memory per block; this GPU allows "
                                                << optin / 1024 << " KiB");
