@@ -231,11 +231,22 @@ int main(int argc, char** argv) {
                                                       N, C, true, st); }, st),
                    4 * act);
       {
-        const int64_t partial_rows = int64_t(layernorm_backward_scratch_bytes(N, C) / (2 * C * sizeof(float)));
+        const int64_t partial_rows = int64_t(layernorm_backward_scratch_bytes(N, C) / (3 * C * sizeof(float)));
         report_bytes("  column sums of the per-block partials",
-                     median_ms([&] { column_finalize(dw, db, C, static_cast<const float*>(scratch), partial_rows,
-                                                     2 * C, st); }, st),
+                     median_ms([&] { column_finalize(ColumnDsts{{dw, db, nullptr}, C, 0u},
+                                                     static_cast<const float*>(scratch), partial_rows, 2 * C, st); },
+                               st),
                      double(partial_rows) * 2 * C * 4);
+      }
+      // With the column sums of dinp (the attention projection's bias gradient, which
+      // otherwise is a pass over dinp of its own, `bias grad alone` above).
+      {
+        float* ds = random_f32(C, 34);
+        report_bytes("layernorm bwd + column sums of dinp (fused bias grad)",
+                     median_ms([&] { layernorm_backward(b, dw, db, scratch, a, res, w, mean, rstd, N, C, true, st,
+                                                        false, ds); }, st),
+                     4 * act);
+        device_free(ds);
       }
       bf16* h = random_bf16(N * 4 * C, 23);
       bf16* g = random_bf16(N * 4 * C, 24);

@@ -54,9 +54,12 @@ class Backend {
   virtual void position_forward(Tensor& x, int wpe, int B, int T, int pos_offset) = 0;
   virtual void position_backward(const Tensor& dx, int wpe, int B, int T, int pos_offset) = 0;
   virtual void layernorm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& inp, int w, int b) = 0;
-  // dinp += LN'(dout); dw, db accumulate.
+  // dinp += LN'(dout); dw, db accumulate. With dsum >= 0, that parameter's gradient also
+  // accumulates the column sums of dinp after the update: the bias gradient of the linear
+  // layer whose output gradient dinp is, in the same pass.
   virtual void layernorm_backward_accumulate(Tensor& dinp, const Tensor& dout, const Tensor& inp,
-                                             int w, int b, const Tensor& mean, const Tensor& rstd) = 0;
+                                             int w, int b, const Tensor& mean, const Tensor& rstd,
+                                             int dsum) = 0;
   // out[N,OC] = inp[N,IC] @ W^T (+ bias when bias >= 0); W is parameter `w` viewed [OC, IC].
   virtual void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) = 0;
   // dinp (overwritten, may be undefined to skip) = dout @ W; dW += dout^T inp; dbias += sum dout.

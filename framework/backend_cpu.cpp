@@ -35,10 +35,10 @@ class CpuBackend final : public Backend {
     cpu::layernorm_forward(out.f32(), mean.f32(), rstd.f32(), inp.f32(), v(w), v(b), inp.numel() / C, C);
   }
   void layernorm_backward_accumulate(Tensor& dinp, const Tensor& dout, const Tensor& inp, int w, int b,
-                                     const Tensor& mean, const Tensor& rstd) override {
+                                     const Tensor& mean, const Tensor& rstd, int dsum) override {
     const int C = int(inp.dim(-1));
     cpu::layernorm_backward(dinp.f32(), g(w), g(b), dout.f32(), inp.f32(), v(w), mean.f32(), rstd.f32(),
-                            inp.numel() / C, C);
+                            inp.numel() / C, C, dsum >= 0 ? g(dsum) : nullptr);
   }
   void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) override {
     cpu::matmul_forward(out.f32(), inp.f32(), v(w), bias >= 0 ? v(bias) : nullptr, N, IC, OC);

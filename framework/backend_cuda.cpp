@@ -61,7 +61,7 @@ class CudaBackend final : public Backend {
     cuda::layernorm_forward(b(out), mean.f32(), rstd.f32(), cb(inp), v(w), v(bi), inp.numel() / C, C, s());
   }
   void layernorm_backward_accumulate(Tensor& dinp, const Tensor& dout, const Tensor& inp, int w, int bi,
-                                     const Tensor& mean, const Tensor& rstd) override {
+                                     const Tensor& mean, const Tensor& rstd, int dsum) override {
     const int C = int(inp.dim(-1));
     const int64_t N = inp.numel() / C;
     void* sc = scratch(cuda::layernorm_backward_scratch_bytes(N, C));
@@ -73,8 +73,10 @@ class CudaBackend final : public Backend {
       if (first_b) (*store_)[bi].grad.zero_();
       first_w = first_b = false;
     }
+    bool first_s = false;
+    float* ds = dsum >= 0 ? gw(dsum, first_s) : nullptr;
     cuda::layernorm_backward(b(dinp), dw, db, sc, cb(dout), cb(inp), v(w), mean.f32(), rstd.f32(), N, C, true, s(),
-                             first_w);
+                             first_w, ds, first_s);
   }
   void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) override {
     const bf16* wp = wb(w);

@@ -249,7 +249,7 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
 }
 
 void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
-                         bool last_mb, const FinalFn& final_fn) {
+                         bool last_mb, const FinalFn& final_fn, int dinput_sum, bool fcprojb_summed) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int Cl = int(layout_.attn_local(cfg_)), Fl = int(layout_.mlp_local(cfg_));
   const int NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
@@ -261,11 +261,14 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
   // MLP half: out = res2 + FcProj(GELU(Fc(LN2(res2)))). The residual gradient is dx
   // itself: every read of dx below comes before the layernorm backward adds into it.
   Tensor dres2 = dx;
-  // The row-parallel layers' bias gradients: the sum of the output gradient. Without SP
-  // it is the GEMM input dpartial itself, summed by the backward below; with SP, from this
-  // rank's rows here (the trainer all-reduces the replicated parameters' gradients over TP).
+  // The row-parallel layers' bias gradients: the column sums of the output gradient over
+  // this rank's rows (with SP the trainer all-reduces the replicated parameters' gradients
+  // over TP). The attention projection's comes from ln2's backward below, which writes its
+  // output gradient; the MLP projection's from the layernorm backward that wrote dx (the
+  // next layer's ln1 or lnf) when fcprojb_summed, else from a pass here (with SP) or with
+  // the GEMMs below (without SP, dpartial is dx itself).
   const bool sp = layout_.sequence_parallel;
-  if (sp) be_.bias_backward(dx, lp.fcprojb, Ns, C);
+  if (sp && !fcprojb_summed) be_.bias_backward(dx, lp.fcprojb, Ns, C);
   Tensor dpartial;
   grad_to_partial(dx, dpartial);
   Tensor dfch = be_.activation({B_, T, Fl});  // d(fc out), through GELU
@@ -278,28 +281,28 @@ void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
     }
     // GELU's derivative in the input-gradient GEMM's epilogue on the GPU; fc's bias
     // gradient (the sum of dfch) with fc's weight gradient below.
-    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, sp ? -1 : lp.fcprojb, -1, N, Fl, C);
+    be_.matmul_backward_gelu(dfch, dpartial, gelu_out, a.fch, lp.fcprojw, sp || fcprojb_summed ? -1 : lp.fcprojb,
+                             -1, N, Fl, C);
   }
   done({lp.fcprojb, lp.fcprojw});
   Tensor dln2_full = be_.activation({B_, T, C}), dln2;
   column_parallel_backward(dfch, a.ln2_full, lp.fcw, lp.fcb, N, C, Fl, dln2_full, dln2);
   done({lp.fcw, lp.fcb});
-  be_.layernorm_backward_accumulate(dres2, dln2, a.res2, lp.ln2w, lp.ln2b, a.ln2_mean, a.ln2_rstd);
+  be_.layernorm_backward_accumulate(dres2, dln2, a.res2, lp.ln2w, lp.ln2b, a.ln2_mean, a.ln2_rstd, lp.projb);
   done({lp.ln2w, lp.ln2b});
 
   // Attention half: res2 = x + Proj(Attn(LN1(x))); the input gradient is dres2 itself.
   Tensor dinp = dres2;
-  if (sp) be_.bias_backward(dres2, lp.projb, Ns, C);
   grad_to_partial(dres2, dpartial);
   Tensor datty = be_.activation({B_, T, Cl});
-  be_.matmul_backward(&datty, dpartial, a.atty, lp.projw, sp ? -1 : lp.projb, N, Cl, C);
+  be_.matmul_backward(&datty, dpartial, a.atty, lp.projw, -1, N, Cl, C);  // (projb: above)
   done({lp.projb, lp.projw});
   Tensor dqkv = be_.activation({B_, T, 3 * Cl});
   be_.attention_backward(dqkv, datty, a.qkv, a.atty, a.att, B_, T, NHl, HS);
   Tensor dln1_full = be_.activation({B_, T, C}), dln1;
   column_parallel_backward(dqkv, a.ln1_full, lp.qkvw, lp.qkvb, N, C, 3 * Cl, dln1_full, dln1);
   done({lp.qkvw, lp.qkvb});
-  be_.layernorm_backward_accumulate(dinp, dln1, a.input, lp.ln1w, lp.ln1b, a.ln1_mean, a.ln1_rstd);
+  be_.layernorm_backward_accumulate(dinp, dln1, a.input, lp.ln1w, lp.ln1b, a.ln1_mean, a.ln1_rstd, dinput_sum);
   done({lp.ln1w, lp.ln1b});
   dx = dinp;
   a = LayerActivations{};  // free this layer's activations as soon as they are used
@@ -382,7 +385,7 @@ void Gpt::head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tenso
   acts.lnf = Tensor{};
 }
 
-void Gpt::head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx) {
+void Gpt::head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx, int dinput_sum) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int64_t N = int64_t(B_) * T;
   Tensor dlnf_full, dlnf;
@@ -396,7 +399,8 @@ void Gpt::head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx
   }
   grad_from_full_seq(dlnf_full, dlnf);
   dx = be_.activation_zeros({B_, Ts, C});
-  be_.layernorm_backward_accumulate(dx, dlnf, acts.output, ch.lnfw, ch.lnfb, acts.lnf_mean, acts.lnf_rstd);
+  be_.layernorm_backward_accumulate(dx, dlnf, acts.output, ch.lnfw, ch.lnfb, acts.lnf_mean, acts.lnf_rstd,
+                                    dinput_sum);
 }
 
 // ---- chunks --------------------------------------------------------------------------
@@ -432,8 +436,11 @@ void Gpt::backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& di
                    bool last_mb, const FinalFn& final_fn) {
   const ModelChunk& ch = chunks_.at(c);
   Tensor dx;
+  const int layers = int(ch.layers.size());
+  bool summed = false;  // dx's column sums already in the top layer's fcprojb gradient
   if (ch.has_head) {
-    head_backward(ch, acts, dx);
+    head_backward(ch, acts, dx, layers > 0 ? ch.layers.back().fcprojb : -1);
+    summed = layers > 0;
     if (last_mb) {
       final_fn(ch.lnfw);
       final_fn(ch.lnfb);
@@ -442,7 +449,7 @@ void Gpt::backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& di
     BRAID_CHECK(dout != nullptr, "backward of a non-last chunk needs the output gradient");
     dx = dout->clone();
   }
-  for (int l = int(ch.layers.size()) - 1; l >= 0; --l) {
+  for (int l = layers - 1; l >= 0; --l) {
     if (recompute_layers_) {  // the same forward again, on the same input: the same activations
       const Tensor x = acts.layers[size_t(l)].input;
       const bool gelu = recompute_gelu_;
@@ -451,7 +458,9 @@ void Gpt::backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& di
       layer_forward(ch.layers[size_t(l)], acts.layers[size_t(l)], x, out);
       recompute_gelu_ = gelu;
     }
-    layer_backward(ch.layers[size_t(l)], acts.layers[size_t(l)], dx, last_mb, final_fn);
+    layer_backward(ch.layers[size_t(l)], acts.layers[size_t(l)], dx, last_mb, final_fn,
+                   l > 0 ? ch.layers[size_t(l) - 1].fcprojb : -1, summed);
+    summed = l > 0;
   }
   if (ch.has_embedding) {
     embedding_backward(ch, acts, dx);

@@ -114,13 +114,19 @@ class Gpt {
 
  private:
   void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out);
+  // The bias gradients of the layers whose output gradient a layernorm backward writes come
+  // from that pass (Backend::layernorm_backward_accumulate's dsum): the attention
+  // projection's from ln2's; the MLP projection's from the next layer's ln1 (or lnf's) when
+  // that layer is in this chunk. dinput_sum: the bias to get dinput's column sums (the
+  // previous layer's MLP projection bias, or -1); fcprojb_summed: dout's column sums are
+  // already in lp.fcprojb's gradient.
   void layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx /* in: dout, out: dinput */,
-                      bool last_microbatch, const FinalFn& final_fn);
+                      bool last_microbatch, const FinalFn& final_fn, int dinput_sum, bool fcprojb_summed);
   void embedding_forward(const ModelChunk& ch, ChunkActivations& acts, Tensor& out);
   void embedding_backward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& dx);
   void head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& x,
                     bool compute_grad, float dloss_scale);
-  void head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx);
+  void head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx, int dinput_sum);
   // TP boundary helpers: gather (SP) or copy into the full-sequence buffer, and the twins.
   void to_full_seq(const Tensor& local, Tensor& full);
   void grad_from_full_seq(Tensor& dfull, Tensor& dlocal);  // dlocal += reduce(dfull)

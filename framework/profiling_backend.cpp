@@ -48,9 +48,9 @@ class ProfilingBackend final : public Backend {
     in_->layernorm_forward(out, mean, rstd, inp, w, b);
   }
   void layernorm_backward_accumulate(Tensor& dinp, const Tensor& dout, const Tensor& inp, int w, int b,
-                                     const Tensor& mean, const Tensor& rstd) override {
-    prof::Scope p("layernorm bwd");
-    in_->layernorm_backward_accumulate(dinp, dout, inp, w, b, mean, rstd);
+                                     const Tensor& mean, const Tensor& rstd, int dsum) override {
+    prof::Scope p(dsum >= 0 ? "layernorm bwd + bias grad" : "layernorm bwd");
+    in_->layernorm_backward_accumulate(dinp, dout, inp, w, b, mean, rstd, dsum);
   }
   void matmul_forward(Tensor& out, const Tensor& inp, int w, int bias, int64_t N, int IC, int OC) override {
     std::optional<prof::Scope> p;

@@ -27,8 +27,10 @@ void position_backward(float* dwpe, const float* dout, int B, int T, int C, int 
 // out = (inp - mean) * rstd * w + b over the last dim C; mean/rstd [N] saved for backward.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                        const float* b, int64_t N, int C);
+// dinp += LN'(dout); dw, db accumulate; dsum (optional) += the column sums of the updated dinp.
 void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
-                        const float* w, const float* mean, const float* rstd, int64_t N, int C);
+                        const float* w, const float* mean, const float* rstd, int64_t N, int C,
+                        float* dsum = nullptr);
 
 // out[N,OC] = inp[N,IC] @ w[OC,IC]^T + bias[OC] (bias may be null). PyTorch nn.Linear layout.
 void matmul_forward(float* out, const float* inp, const float* w, const float* bias, int64_t N,

@@ -30,7 +30,8 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 }
 
 void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
-                        const float* w, const float* mean, const float* rstd, int64_t N, int C) {
+                        const float* w, const float* mean, const float* rstd, int64_t N, int C,
+                        float* dsum) {
   for (int64_t n = 0; n < N; ++n) {
     const float* g = dout + n * C;
     const float* x = inp + n * C;
@@ -52,6 +53,7 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
       if (db) db[c] += g[c];
       if (dw) dw[c] += xhat * g[c];
       dx[c] += s * (dnorm - dnorm_mean - xhat * dnorm_xhat_mean);
+      if (dsum) dsum[c] += dx[c];
     }
   }
 }

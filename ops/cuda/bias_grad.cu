@@ -139,7 +139,7 @@ void bias_backward(float* dbias, void* scratch, const bf16* dout, int64_t N, int
     bias_partials_kernel<<<grid, dim3(32, 8), 0, stream>>>(partial, dout, N, OC);
   }
   BRAID_CHECK_LAUNCH();
-  column_finalize(dbias, nullptr, OC, partial, rows, OC, stream, overwrite);
+  column_finalize(dbias, partial, rows, OC, stream, overwrite);
 }
 
 }  // namespace braid::cuda

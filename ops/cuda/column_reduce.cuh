@@ -11,13 +11,18 @@
 
 namespace braid::cuda {
 
-// dst[c] += sum_r partial[r * cols + c] for c < cols (dst[c] = ... with overwrite); dst may
-// be split in two (dst_lo gets columns [0, split), dst_hi columns [split, cols)); a null
-// half is skipped.
+// The destinations of the column sums: columns [i * width, (i + 1) * width) go to d[i]
+// (a null one is skipped), overwritten where bit i of `overwrite` is set, else added to.
+struct ColumnDsts {
+  float* d[3];
+  int width;
+  unsigned overwrite;
+};
+
+// dst(c) += sum_r partial[r * cols + c] for c < cols.
 // static: this header is included by several translation units.
 static __global__ void __launch_bounds__(1024)
-column_finalize_kernel(float* dst_lo, float* dst_hi, int split, const float* partial,
-                       int64_t rows, int cols, bool overwrite) {
+column_finalize_kernel(ColumnDsts dst, const float* partial, int64_t rows, int cols) {
   __shared__ float s[32][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * 32 + tx;
@@ -30,17 +35,21 @@ column_finalize_kernel(float* dst_lo, float* dst_hi, int split, const float* par
     float total = 0.f;
 #pragma unroll
     for (int k = 0; k < 32; ++k) total += s[k][tx];
-    float* dst = c < split ? dst_lo : dst_hi;
-    const int j = c < split ? c : c - split;
-    if (dst) dst[j] = overwrite ? total : dst[j] + total;
+    const int i = c / dst.width, j = c - i * dst.width;
+    float* d = i < 3 ? dst.d[i] : nullptr;
+    if (d) d[j] = (dst.overwrite >> i) & 1u ? total : d[j] + total;
   }
 }
 
-inline void column_finalize(float* dst_lo, float* dst_hi, int split, const float* partial,
-                            int64_t rows, int cols, cudaStream_t stream, bool overwrite = false) {
-  column_finalize_kernel<<<unsigned(ceil_div(cols, 32)), dim3(32, 32), 0, stream>>>(
-      dst_lo, dst_hi, split, partial, rows, cols, overwrite);
+inline void column_finalize(const ColumnDsts& dst, const float* partial, int64_t rows, int cols,
+                            cudaStream_t stream) {
+  column_finalize_kernel<<<unsigned(ceil_div(cols, 32)), dim3(32, 32), 0, stream>>>(dst, partial, rows, cols);
   BRAID_CHECK_LAUNCH();
+}
+// One destination of `cols` columns.
+inline void column_finalize(float* dst, const float* partial, int64_t rows, int cols, cudaStream_t stream,
+                            bool overwrite = false) {
+  column_finalize(ColumnDsts{{dst, nullptr, nullptr}, cols, overwrite ? 1u : 0u}, partial, rows, cols, stream);
 }
 
 }  // namespace braid::cuda

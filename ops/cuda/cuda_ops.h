@@ -79,6 +79,8 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, con
                        const float* bias, int64_t N, int C, cudaStream_t stream);
 // dinp (=/+=) LN backward in fp32; dw += sum_n xhat * dout, db += sum_n dout (fp32,
 // deterministic through `scratch`; = instead of += with overwrite_params). dw or db may be null.
+// dsum (optional, needs dinp): += the column sums of dinp as stored (after the update, bf16),
+// = with overwrite_dsum: the bias gradient of the layer whose output gradient dinp is.
 size_t layernorm_backward_scratch_bytes(int64_t N, int C);
 // Testing: route 16-byte rows to the loop kernels instead of the register-row kernels in
 // the forward, and to the element-load form of the same kernel in the backward
@@ -86,7 +88,8 @@ size_t layernorm_backward_scratch_bytes(int64_t N, int C);
 void layernorm_force_loop_kernels(bool on);
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,
                         const bf16* inp, const float* w, const float* mean, const float* rstd,
-                        int64_t N, int C, bool accumulate, cudaStream_t stream, bool overwrite_params = false);
+                        int64_t N, int C, bool accumulate, cudaStream_t stream, bool overwrite_params = false,
+                        float* dsum = nullptr, bool overwrite_dsum = false);
 
 // ---------------------------------------------------------------------------------------
 // Pointwise ops (elementwise.cu)

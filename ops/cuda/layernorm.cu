@@ -161,7 +161,9 @@ layernorm_forward_rows_kernel(bf16* residual, bf16* out, float* mean_out, float*
 // shared memory, one barrier), then dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)) with
 // dnorm = dout * w, written (or added) to dinp, while xhat * dout and dout are added in
 // row order into the thread's registers for dw and db. At the end each thread writes its
-// columns of the block's partial row [dw | db]; column_finalize sums the partials over
+// columns of the block's partial row [dw | db] (SUM: [dw | db | ds], ds the column sums
+// of the bf16 dinp rows as written: the bias gradient of the linear layer whose output
+// gradient dinp is, without a pass of its own); column_finalize sums the partials over
 // blocks in order. The bits and the partial rows depend on C and N only (not the device).
 // VEC = false (C % 8 != 0 or unaligned rows): the same kernel with element loads into the
 // stages, so its bits equal the vector form's (asserted in test_cuda_ops).
@@ -201,7 +203,7 @@ __device__ __forceinline__ void fetch_vec(bf16* dst, const bf16* src, int c0, in
   }
 }
 
-template <int VPT, bool VEC>
+template <int VPT, bool VEC, bool SUM>
 __global__ void __launch_bounds__(kBwdMaxThreads)
 layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
                           const float* w, const float* mean, const float* rstd, int64_t N,
@@ -239,12 +241,17 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
   }
   __syncthreads();
   float acc_dw[VPT][8], acc_db[VPT][8], wv[VPT][8];  // wv: this thread's weights (0 beyond C)
+  float acc_ds[SUM ? VPT : 1][8];                      // SUM: the column sums of dinp
 #pragma unroll
   for (int v = 0; v < VPT; ++v) {
     const int c0 = (v * TPR + t) * 8;
     if (c0 < C) load_weights<VEC>(wv[v], w, c0, C);
 #pragma unroll
     for (int k = 0; k < 8; ++k) acc_dw[v][k] = acc_db[v][k] = 0.f;
+    if constexpr (SUM) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) acc_ds[v][k] = 0.f;
+    }
   }
   const float inv_c = 1.f / float(C);
 #pragma unroll 1
@@ -298,6 +305,7 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
         if (old) dx[k] += od[k];
         acc_dw[v][k] += xhat * g[k];
         acc_db[v][k] += g[k];
+        if constexpr (SUM) acc_ds[v][k] += to_float(to_bf16(dx[k]));  // the value stored
       }
       if (dinp == nullptr) continue;
       if constexpr (VEC) {
@@ -310,26 +318,25 @@ layernorm_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf
     }
   }
   if (partial == nullptr) return;
-  float* prow = partial + int64_t(blockIdx.x) * 2 * C;
+  float* prow = partial + int64_t(blockIdx.x) * (SUM ? 3 : 2) * C;
+  auto put = [&](float* dst, const float (&a)[8], int c0) {
+    if constexpr (VEC) {  // 32 contiguous bytes per thread (C % 8 == 0: 16-byte aligned)
+      float4* p = reinterpret_cast<float4*>(dst + c0);
+      p[0] = make_float4(a[0], a[1], a[2], a[3]);
+      p[1] = make_float4(a[4], a[5], a[6], a[7]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (c0 + k < C) dst[c0 + k] = a[k];
+    }
+  };
 #pragma unroll
   for (int v = 0; v < VPT; ++v) {
     const int c0 = (v * TPR + t) * 8;
     if (c0 >= C) continue;
-    if constexpr (VEC) {  // 32 contiguous bytes per thread (C % 8 == 0: 16-byte aligned)
-      float4* pw = reinterpret_cast<float4*>(prow + c0);
-      float4* pb = reinterpret_cast<float4*>(prow + C + c0);
-      pw[0] = make_float4(acc_dw[v][0], acc_dw[v][1], acc_dw[v][2], acc_dw[v][3]);
-      pw[1] = make_float4(acc_dw[v][4], acc_dw[v][5], acc_dw[v][6], acc_dw[v][7]);
-      pb[0] = make_float4(acc_db[v][0], acc_db[v][1], acc_db[v][2], acc_db[v][3]);
-      pb[1] = make_float4(acc_db[v][4], acc_db[v][5], acc_db[v][6], acc_db[v][7]);
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (c0 + k < C) {
-          prow[c0 + k] = acc_dw[v][k];
-          prow[C + c0 + k] = acc_db[v][k];
-        }
-    }
+    put(prow, acc_dw[v], c0);
+    put(prow + C, acc_db[v], c0);
+    if constexpr (SUM) put(prow + 2 * C, acc_ds[v], c0);
   }
 }
 
@@ -393,19 +400,23 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, con
 
 void layernorm_force_loop_kernels(bool on) { g_force_loop.store(on); }
 
-size_t layernorm_backward_scratch_bytes(int64_t N, int C) {
-  return size_t(backward_blocks(N)) * 2 * size_t(C) * sizeof(float);
+size_t layernorm_backward_scratch_bytes(int64_t N, int C) {  // room for [dw | db | ds]
+  return size_t(backward_blocks(N)) * 3 * size_t(C) * sizeof(float);
 }
 
 void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const bf16* dout,
                         const bf16* inp, const float* w, const float* mean, const float* rstd,
-                        int64_t N, int C, bool accumulate, cudaStream_t stream, bool overwrite_params) {
+                        int64_t N, int C, bool accumulate, cudaStream_t stream, bool overwrite_params,
+                        float* dsum, bool overwrite_dsum) {
+  BRAID_CHECK(dsum == nullptr || dinp != nullptr, "layernorm_backward: the column sums of dinp need dinp");
   if (N == 0 || (!dinp && !dw && !db)) {  // sums over no rows: an overwrite writes zeros
     if (overwrite_params && dw) BRAID_CHECK_CUDA(cudaMemsetAsync(dw, 0, size_t(C) * sizeof(float), stream));
     if (overwrite_params && db) BRAID_CHECK_CUDA(cudaMemsetAsync(db, 0, size_t(C) * sizeof(float), stream));
+    if (overwrite_dsum && dsum) BRAID_CHECK_CUDA(cudaMemsetAsync(dsum, 0, size_t(C) * sizeof(float), stream));
     return;
   }
-  const bool params = dw || db;
+  const bool sum = dsum != nullptr;
+  const bool params = dw || db || sum;
   BRAID_CHECK(!params || scratch != nullptr,
               "layernorm_backward needs scratch (layernorm_backward_scratch_bytes)");
   BRAID_CHECK(C > 0, "layernorm_backward: C = " << C);
@@ -435,15 +446,22 @@ void layernorm_backward(bf16* dinp, float* dw, float* db, void* scratch, const b
     kernel<<<blocks, threads, smem, stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C, accumulate);
     BRAID_CHECK_LAUNCH();
   };
-  switch (vpt * 2 + (vec ? 1 : 0)) {
-    case 2: launch(layernorm_backward_kernel<1, false>, bwd_smem_bytes<1>(C)); break;
-    case 3: launch(layernorm_backward_kernel<1, true>, bwd_smem_bytes<1>(C)); break;
-    case 4: launch(layernorm_backward_kernel<2, false>, bwd_smem_bytes<2>(C)); break;
-    case 5: launch(layernorm_backward_kernel<2, true>, bwd_smem_bytes<2>(C)); break;
-    case 8: launch(layernorm_backward_kernel<4, false>, bwd_smem_bytes<4>(C)); break;
-    default: launch(layernorm_backward_kernel<4, true>, bwd_smem_bytes<4>(C)); break;
-  }
-  if (params) column_finalize(dw, db, C, partial, blocks, 2 * C, stream, overwrite_params);
+  auto pick = [&](auto with_sum) {
+    constexpr bool S = decltype(with_sum)::value;
+    switch (vpt * 2 + (vec ? 1 : 0)) {
+      case 2: launch(layernorm_backward_kernel<1, false, S>, bwd_smem_bytes<1>(C)); break;
+      case 3: launch(layernorm_backward_kernel<1, true, S>, bwd_smem_bytes<1>(C)); break;
+      case 4: launch(layernorm_backward_kernel<2, false, S>, bwd_smem_bytes<2>(C)); break;
+      case 5: launch(layernorm_backward_kernel<2, true, S>, bwd_smem_bytes<2>(C)); break;
+      case 8: launch(layernorm_backward_kernel<4, false, S>, bwd_smem_bytes<4>(C)); break;
+      default: launch(layernorm_backward_kernel<4, true, S>, bwd_smem_bytes<4>(C)); break;
+    }
+  };
+  if (sum) pick(std::true_type{});
+  else pick(std::false_type{});
+  if (!params) return;
+  ColumnDsts dst{{dw, db, dsum}, C, (overwrite_params ? 3u : 0u) | (overwrite_dsum ? 4u : 0u)};
+  column_finalize(dst, partial, blocks, (sum ? 3 : 2) * C, stream);
 }
 
 }  // namespace braid::cuda

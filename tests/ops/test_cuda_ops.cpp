@@ -417,6 +417,27 @@ TEST_F(CudaOps, ResidualLayerNormForwardBackward) {
                              dw.get(), dmean.get(), drstd.get(), N, C, true, stream);
     expect_bitwise("layernorm dw repeat", gw2.download(), gw.download());
     expect_bitwise("layernorm db repeat", gb2.download(), gb.download());
+    // With the column sums of dinp as written (a linear layer's fused bias gradient), added
+    // to a prefilled buffer and overwriting it: the same dinp, dw, db bits, and the sums of
+    // the stored bf16 dinp (fp64 reference; the emulation sums in fp32 in row order, the
+    // kernel in blocks of 16 rows: the fp32 accumulation bound, kUF32).
+    const VecF p_s = random_normal(rng, C), got_dx = dinp.download();
+    for (bool overwrite : {false, true}) {
+      SCOPED_TRACE(overwrite ? "dsum overwritten" : "dsum accumulated");
+      Bf16 dinp3(p_inp);
+      F32 gw3(p_w), gb3(p_b), gs3(p_s);
+      cuda::layernorm_backward(dinp3.get(), gw3.get(), gb3.get(), scratch.get(), dg.get(), dxs.get(), dw.get(),
+                               dmean.get(), drstd.get(), N, C, true, stream, false, gs3.get(), overwrite);
+      expect_bitwise("dinp with dsum", dinp3.download(), got_dx);
+      expect_bitwise("dw with dsum", gw3.download(), gw.download());
+      expect_bitwise("db with dsum", gb3.download(), gb.download());
+      VecD ref_ds(C);
+      VecF emu_ds(C);
+      for (int c = 0; c < C; ++c) ref_ds[c] = overwrite ? 0.0 : p_s[c], emu_ds[c] = overwrite ? 0.f : p_s[c];
+      for (int64_t n = 0; n < N; ++n)
+        for (int c = 0; c < C; ++c) ref_ds[c] += got_dx[n * C + c], emu_ds[c] += got_dx[n * C + c];
+      expect_emulated("column sums of dinp", gs3.download(), ref_ds, emu_ds, kUF32);
+    }
   }
 }
 
@@ -439,18 +460,18 @@ TEST_F(CudaOps, LayerNormRegisterRowsAreTheLoopKernelsBitForBit) {
     F32 dw(w), dbias(bias);
     DeviceArray<char> scratch(cuda::layernorm_backward_scratch_bytes(N, C));
     struct Out {
-      VecF res, out, plain, mean, rstd, dinp, gw, gb;
+      VecF res, out, plain, mean, rstd, dinp, gw, gb, gs;
     };
     auto run = [&] {
       Bf16 res(N * C), out(N * C), plain(N * C), dinp(prefill);
-      F32 mean(N), rstd(N), gw(VecF(C, 0.5f)), gb(VecF(C, -0.5f));
+      F32 mean(N), rstd(N), gw(VecF(C, 0.5f)), gb(VecF(C, -0.5f)), gs(VecF(C, 0.25f));
       cuda::residual_layernorm_forward(res.get(), out.get(), mean.get(), rstd.get(), da.get(), db.get(), dw.get(),
                                        dbias.get(), N, C, stream);
       cuda::layernorm_forward(plain.get(), mean.get(), rstd.get(), res.get(), dw.get(), dbias.get(), N, C, stream);
       cuda::layernorm_backward(dinp.get(), gw.get(), gb.get(), scratch.get(), dg.get(), res.get(), dw.get(),
-                               mean.get(), rstd.get(), N, C, true, stream);
+                               mean.get(), rstd.get(), N, C, true, stream, false, gs.get());
       return Out{res.download(), out.download(), plain.download(), mean.download(), rstd.download(),
-                 dinp.download(), gw.download(), gb.download()};
+                 dinp.download(), gw.download(), gb.download(), gs.download()};
     };
     const Out rows = run();
     Out loop;
@@ -466,6 +487,7 @@ TEST_F(CudaOps, LayerNormRegisterRowsAreTheLoopKernelsBitForBit) {
     expect_bitwise("dinp (accumulated)", rows.dinp, loop.dinp);
     expect_bitwise("dw", rows.gw, loop.gw);
     expect_bitwise("db", rows.gb, loop.gb);
+    expect_bitwise("column sums of dinp", rows.gs, loop.gs);
   }
 }
 
