@@ -119,11 +119,15 @@ class DryRun {
     seq_scratch();
   }
 
-  void layer_forward(LayerActs& a, const Buf& x, Buf& out);
+  // Gpt::NextNorm: where the next layernorm's output and statistics go (null: none).
+  struct NextNorm {
+    Buf *ln = nullptr, *mean = nullptr, *rstd = nullptr;
+  };
+  void layer_forward(LayerActs& a, const Buf& x, Buf& out, bool ln1_ready, const NextNorm* next);
   void layer_backward(LayerActs& a, Buf& dx);
   void embedding_forward(Buf& out);
   void embedding_backward(const Buf& dx);
-  void head_forward(ChunkActs& acts, bool compute_grad);
+  void head_forward(ChunkActs& acts, bool compute_grad, bool lnf_ready);
   void head_backward(ChunkActs& acts, Buf& dx);
   void cross_entropy(int64_t rows);
   void forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad);
@@ -143,11 +147,13 @@ class DryRun {
 };
 
 // gpt.cpp Gpt::layer_forward
-void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
+void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out, bool ln1_ready, const NextNorm* next) {
   a.input = x;
-  a.ln1 = act(Ns_ * C_);
-  a.ln1_mean = stats(Ns_);
-  a.ln1_rstd = stats(Ns_);
+  if (!ln1_ready) {
+    a.ln1 = act(Ns_ * C_);
+    a.ln1_mean = stats(Ns_);
+    a.ln1_rstd = stats(Ns_);
+  }
   to_full_seq(a.ln1, a.ln1_full);
   a.qkv = act(N_ * 3 * Cl_);
   a.atty = act(N_ * Cl_);
@@ -166,6 +172,11 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out) {
   Buf fcproj;
   row_parallel_forward(fcproj);
   out = act(Ns_ * C_);
+  if (next) {
+    *next->ln = act(Ns_ * C_);
+    *next->mean = stats(Ns_);
+    *next->rstd = stats(Ns_);
+  }
 }
 
 // gpt.cpp Gpt::layer_backward
@@ -213,10 +224,12 @@ void DryRun::embedding_backward(const Buf& dx) {
 }
 
 // gpt.cpp Gpt::head_forward
-void DryRun::head_forward(ChunkActs& acts, bool compute_grad) {
-  acts.lnf = act(Ns_ * C_);
-  acts.lnf_mean = stats(Ns_);
-  acts.lnf_rstd = stats(Ns_);
+void DryRun::head_forward(ChunkActs& acts, bool compute_grad, bool lnf_ready) {
+  if (!lnf_ready) {
+    acts.lnf = act(Ns_ * C_);
+    acts.lnf_mean = stats(Ns_);
+    acts.lnf_rstd = stats(Ns_);
+  }
   to_full_seq(acts.lnf, acts.lnf_full);
   if (in_.loss_chunk_bytes <= 0) {
     acts.logits = act(N_ * Vl_);
@@ -256,10 +269,21 @@ void DryRun::forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad
   Buf x;
   if (has_embedding(c)) embedding_forward(x);
   else x = *input;
-  acts.layers.resize(size_t(in_.layout.chunk_layers[size_t(global(c))]));
-  for (LayerActs& layer : acts.layers) {
+  const size_t layers = size_t(in_.layout.chunk_layers[size_t(global(c))]);
+  acts.layers.resize(layers);
+  bool ready = false;
+  for (size_t l = 0; l < layers; ++l) {
+    LayerActs& layer = acts.layers[l];
     Buf out;
-    layer_forward(layer, x, out);
+    NextNorm next;
+    if (l + 1 < layers) {
+      LayerActs& na = acts.layers[l + 1];
+      next = {&na.ln1, &na.ln1_mean, &na.ln1_rstd};
+    } else if (has_head(c)) {
+      next = {&acts.lnf, &acts.lnf_mean, &acts.lnf_rstd};
+    }
+    layer_forward(layer, x, out, ready, next.ln ? &next : nullptr);
+    ready = next.ln != nullptr;
     if (!compute_grad) {
       layer = LayerActs{};
     } else if (in_.recompute_layers) {
@@ -269,7 +293,7 @@ void DryRun::forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad
     x = out;
   }
   acts.output = x;
-  if (has_head(c)) head_forward(acts, compute_grad);
+  if (has_head(c)) head_forward(acts, compute_grad, ready);
 }
 
 // gpt.cpp Gpt::backward (for a non-last chunk the engine's received gradient is cloned)
@@ -282,7 +306,7 @@ void DryRun::backward(int c, ChunkActs& acts, Buf& dinput) {
       const Buf x = it->input;
       recompute_gelu_ = false;
       Buf out;
-      layer_forward(*it, x, out);
+      layer_forward(*it, x, out, false, nullptr);
       recompute_gelu_ = in_.recompute_gelu;
     }
     layer_backward(*it, dx);

@@ -214,17 +214,20 @@ void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
 // The row-parallel layers' bias is replicated: TP rank 0 adds it to its partial sum, so
 // the reduction adds it exactly once (its gradient is the sum of the output gradient).
 
-void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out) {
+void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out, bool ln1_ready,
+                        const NextNorm* next) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int Cl = int(layout_.attn_local(cfg_)), Fl = int(layout_.mlp_local(cfg_));
   const int NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
   const bool rank0 = layout_.tp_rank == 0;
   a.input = x;
-  a.ln1 = be_.activation({B_, Ts, C});
-  a.ln1_mean = be_.stats({Ns});
-  a.ln1_rstd = be_.stats({Ns});
-  be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, lp.ln1w, lp.ln1b);
+  if (!ln1_ready) {
+    a.ln1 = be_.activation({B_, Ts, C});
+    a.ln1_mean = be_.stats({Ns});
+    a.ln1_rstd = be_.stats({Ns});
+    be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, lp.ln1w, lp.ln1b);
+  }
   to_full_seq(a.ln1, a.ln1_full);
   a.qkv = be_.activation({B_, T, 3 * Cl});
   be_.matmul_forward(a.qkv, a.ln1_full, lp.qkvw, lp.qkvb, N, C, 3 * Cl);
@@ -245,7 +248,14 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   Tensor fcproj;
   row_parallel_forward(gelu_out, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, Fl, C, fcproj);
   out = be_.activation({B_, Ts, C});
-  be_.residual_forward(out, a.res2, fcproj);
+  if (next) {  // the add and the next layernorm in one pass (one read of the output less)
+    *next->ln = be_.activation({B_, Ts, C});
+    *next->mean = be_.stats({Ns});
+    *next->rstd = be_.stats({Ns});
+    be_.residual_layernorm_forward(out, *next->ln, *next->mean, *next->rstd, a.res2, fcproj, next->w, next->b);
+  } else {
+    be_.residual_forward(out, a.res2, fcproj);
+  }
 }
 
 void Gpt::layer_backward(const LayerParams& lp, LayerActivations& a, Tensor& dx,
@@ -340,13 +350,15 @@ void Gpt::embedding_backward(const ModelChunk& ch, ChunkActivations& acts, const
 }
 
 void Gpt::head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& x,
-                       bool compute_grad, float dloss_scale) {
+                       bool compute_grad, float dloss_scale, bool lnf_ready) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int64_t N = int64_t(B_) * T, Ns = int64_t(B_) * Ts;
-  acts.lnf = be_.activation({B_, Ts, C});
-  acts.lnf_mean = be_.stats({Ns});
-  acts.lnf_rstd = be_.stats({Ns});
-  be_.layernorm_forward(acts.lnf, acts.lnf_mean, acts.lnf_rstd, x, ch.lnfw, ch.lnfb);
+  if (!lnf_ready) {
+    acts.lnf = be_.activation({B_, Ts, C});
+    acts.lnf_mean = be_.stats({Ns});
+    acts.lnf_rstd = be_.stats({Ns});
+    be_.layernorm_forward(acts.lnf, acts.lnf_mean, acts.lnf_rstd, x, ch.lnfw, ch.lnfb);
+  }
   to_full_seq(acts.lnf, acts.lnf_full);
   const Param& wte = (*store_)[ch.wte];
   const int Vl = int(wte.spec.storage_rows);
@@ -416,10 +428,20 @@ void Gpt::forward(int c, ChunkActivations& acts, const Tensor* input, bool compu
     BRAID_CHECK(input && input->numel() == int64_t(B_) * Ts * C, "chunk input shape");
     x = *input;
   }
-  acts.layers.resize(ch.layers.size());
-  for (size_t l = 0; l < ch.layers.size(); ++l) {
+  const size_t layers = ch.layers.size();
+  acts.layers.resize(layers);
+  bool ready = false;  // this layer's ln1 made by the previous layer's residual pass
+  for (size_t l = 0; l < layers; ++l) {
     Tensor out;
-    layer_forward(ch.layers[l], acts.layers[l], x, out);
+    NextNorm next;
+    if (l + 1 < layers) {
+      LayerActivations& na = acts.layers[l + 1];
+      next = {ch.layers[l + 1].ln1w, ch.layers[l + 1].ln1b, &na.ln1, &na.ln1_mean, &na.ln1_rstd};
+    } else if (ch.has_head) {
+      next = {ch.lnfw, ch.lnfb, &acts.lnf, &acts.lnf_mean, &acts.lnf_rstd};
+    }
+    layer_forward(ch.layers[l], acts.layers[l], x, out, ready, next.ln ? &next : nullptr);
+    ready = next.ln != nullptr;
     if (!compute_grad) {
       acts.layers[l] = LayerActivations{};  // no backward: nothing to keep
     } else if (recompute_layers_) {
@@ -429,7 +451,7 @@ void Gpt::forward(int c, ChunkActivations& acts, const Tensor* input, bool compu
     x = out;
   }
   acts.output = x;
-  if (ch.has_head) head_forward(ch, acts, x, compute_grad, dloss_scale);
+  if (ch.has_head) head_forward(ch, acts, x, compute_grad, dloss_scale, ready);
 }
 
 void Gpt::backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& dinput,
@@ -455,7 +477,7 @@ void Gpt::backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& di
       const bool gelu = recompute_gelu_;
       recompute_gelu_ = false;  // its backward follows at once: keep GELU's output
       Tensor out;
-      layer_forward(ch.layers[size_t(l)], acts.layers[size_t(l)], x, out);
+      layer_forward(ch.layers[size_t(l)], acts.layers[size_t(l)], x, out, false, nullptr);
       recompute_gelu_ = gelu;
     }
     layer_backward(ch.layers[size_t(l)], acts.layers[size_t(l)], dx, last_mb, final_fn,

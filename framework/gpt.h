@@ -113,7 +113,16 @@ class Gpt {
   void set_tp_comm_chunks(int chunks) { tp_comm_chunks_ = chunks; }
 
  private:
-  void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out);
+  // The layernorm that reads a layer's output (the next layer's ln1, or lnf), made in the
+  // same pass as the residual add that writes the output: its parameters and where its
+  // output and statistics go.
+  struct NextNorm {
+    int w = -1, b = -1;
+    Tensor *ln = nullptr, *mean = nullptr, *rstd = nullptr;
+  };
+  // ln1_ready: a.ln1 and its statistics were made by the previous layer's residual pass.
+  void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out, bool ln1_ready,
+                     const NextNorm* next);
   // The bias gradients of the layers whose output gradient a layernorm backward writes come
   // from that pass (Backend::layernorm_backward_accumulate's dsum): the attention
   // projection's from ln2's; the MLP projection's from the next layer's ln1 (or lnf's) when
@@ -124,8 +133,9 @@ class Gpt {
                       bool last_microbatch, const FinalFn& final_fn, int dinput_sum, bool fcprojb_summed);
   void embedding_forward(const ModelChunk& ch, ChunkActivations& acts, Tensor& out);
   void embedding_backward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& dx);
+  // lnf_ready: acts.lnf and its statistics were made by the last layer's residual pass.
   void head_forward(const ModelChunk& ch, ChunkActivations& acts, const Tensor& x,
-                    bool compute_grad, float dloss_scale);
+                    bool compute_grad, float dloss_scale, bool lnf_ready);
   void head_backward(const ModelChunk& ch, ChunkActivations& acts, Tensor& dx, int dinput_sum);
   // TP boundary helpers: gather (SP) or copy into the full-sequence buffer, and the twins.
   void to_full_seq(const Tensor& local, Tensor& full);
