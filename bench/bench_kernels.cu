@@ -237,11 +237,6 @@ int main(int argc, char** argv) {
                                                      static_cast<const float*>(scratch), partial_rows, 2 * C, st); },
                                st),
                      double(partial_rows) * 2 * C * 4);
-        report_bytes("  the same, one load at a time (the previous form)",
-                     median_ms([&] { column_finalize<1>(ColumnDsts{{dw, db, nullptr}, C, 0u},
-                                                        static_cast<const float*>(scratch), partial_rows, 2 * C, st); },
-                               st),
-                     double(partial_rows) * 2 * C * 4);
         report_bytes("  column sums of [dw | db | ds] partials (3C)",
                      median_ms([&] { column_finalize(ColumnDsts{{dw, db, nullptr}, C, 0u},
                                                      static_cast<const float*>(scratch), partial_rows, 3 * C, st); },

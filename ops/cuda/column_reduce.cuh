@@ -19,29 +19,16 @@ struct ColumnDsts {
   unsigned overwrite;
 };
 
-// dst(c) += sum_r partial[r * cols + c] for c < cols. BATCH: a thread's rows loaded that
-// many at a time before they are added (the same additions in the same order).
+// dst(c) += sum_r partial[r * cols + c] for c < cols.
 // static: this header is included by several translation units.
-template <int BATCH>
 static __global__ void __launch_bounds__(1024)
 column_finalize_kernel(ColumnDsts dst, const float* partial, int64_t rows, int cols) {
   __shared__ float s[32][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * 32 + tx;
   float acc = 0.f;
-  if (c < cols) {
-    int64_t r = ty;
-    if constexpr (BATCH > 1) {
-      for (; r + 32 * (BATCH - 1) < rows; r += 32 * BATCH) {
-        float v[BATCH];
-#pragma unroll
-        for (int j = 0; j < BATCH; ++j) v[j] = partial[(r + 32 * j) * cols + c];
-#pragma unroll
-        for (int j = 0; j < BATCH; ++j) acc += v[j];
-      }
-    }
-    for (; r < rows; r += 32) acc += partial[r * cols + c];
-  }
+  if (c < cols)
+    for (int64_t r = ty; r < rows; r += 32) acc += partial[r * cols + c];
   s[ty][tx] = acc;
   __syncthreads();
   if (ty == 0 && c < cols) {
@@ -54,10 +41,9 @@ column_finalize_kernel(ColumnDsts dst, const float* partial, int64_t rows, int c
   }
 }
 
-template <int BATCH = 8>
 inline void column_finalize(const ColumnDsts& dst, const float* partial, int64_t rows, int cols,
                             cudaStream_t stream) {
-  column_finalize_kernel<BATCH><<<unsigned(ceil_div(cols, 32)), dim3(32, 32), 0, stream>>>(dst, partial, rows, cols);
+  column_finalize_kernel<<<unsigned(ceil_div(cols, 32)), dim3(32, 32), 0, stream>>>(dst, partial, rows, cols);
   BRAID_CHECK_LAUNCH();
 }
 // One destination of `cols` columns.
