@@ -42,50 +42,97 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   Tensor m, v, segs, norm_segs, sumsq, scratch;
   Tensor scale_dev = Tensor({1}, DType::F32, Device::CUDA);
   float grad_scale = 1.f;
-  int nsegs = 0, nnorm = 0;
+  int nsegs = 0;
   std::vector<ShardRange> shards;  // ZeRO-1 only
+  std::vector<ShardRange> ranges;  // per bucket (its shard under ZeRO-1): the norm's segments
+  std::vector<int64_t> scratch_at;  // per bucket: its first partial (doubles) in scratch
   CudaOptimizerState(ParamStore& s, GradReducer& r, const std::vector<cuda::ParamSegment>& all,
-                     const std::vector<cuda::ParamSegment>& owned, std::vector<ShardRange> shard_ranges)
-      : store(s), reducer(r), zero(r.zero()), shards(std::move(shard_ranges)) {
+                     const std::vector<cuda::ParamSegment>& owned, std::vector<ShardRange> shard_ranges,
+                     std::vector<ShardRange> norm_ranges)
+      : store(s), reducer(r), zero(r.zero()), shards(std::move(shard_ranges)), ranges(std::move(norm_ranges)) {
     total = zero ? std::max<int64_t>(r.shard_total(), 1) : s.flat_size();
     m = Tensor({total}, DType::F32, Device::CUDA);
     v = Tensor({total}, DType::F32, Device::CUDA);
     segs = upload_segments(all);
     norm_segs = upload_segments(owned);
     nsegs = int(all.size());
-    nnorm = int(owned.size());
-    // One fp64 sum per bucket shard under ZeRO-1 (added on the host in bucket order).
-    sumsq = Tensor({2 * std::max<int64_t>(int64_t(shards.size()), 1)}, DType::F32, Device::CUDA);
-    int64_t largest = zero ? 1 : s.flat_size();
-    for (const ShardRange& sh : shards) largest = std::max(largest, sh.size);
-    size_t sb = cuda::sum_squares_scratch_bytes(largest);
-    scratch = Tensor::empty({int64_t((sb + 3) / 4 + 1)}, DType::F32, Device::CUDA);
+    // One fp64 sum per bucket (its shard under ZeRO-1), added on the host in bucket order;
+    // each bucket's block partials in a scratch range of its own, so buckets summed on the
+    // side stream during the backward and the rest summed after it never share one.
+    sumsq = Tensor({2 * std::max<int64_t>(int64_t(ranges.size()), 1)}, DType::F32, Device::CUDA);
+    int64_t partials = 1;
+    for (const ShardRange& rg : ranges) {
+      scratch_at.push_back(partials);
+      partials += int64_t((cuda::sum_squares_scratch_bytes(rg.size) + 7) / 8);
+    }
+    scratch = Tensor::empty({2 * partials}, DType::F32, Device::CUDA);
+    announced.assign(ranges.size(), false);
   }
   const cuda::ParamSegment* seg_table(int first) { return segs.data<cuda::ParamSegment>() + first; }
   const cuda::ParamSegment* norm_table(int first) { return norm_segs.data<cuda::ParamSegment>() + first; }
-  double sum_squares_owned() override {
-    auto* out = static_cast<double*>(sumsq.raw());
-    if (!zero) {
-      if (nnorm == 0) return 0.0;
-      cuda::sum_squares(out, scratch.raw(), store.flat_grads().f32(), norm_table(0), nnorm, total, nullptr);
-      double h = 0;
-      BRAID_CHECK_CUDA(cudaMemcpy(&h, out, sizeof(double), cudaMemcpyDeviceToHost));
-      return h;
+  // Bucket b's sum of squares into sumsq[b] on `stream`: its norm-owned segments, relative
+  // to the bucket's start (its shard's under ZeRO-1).
+  void bucket_sum(size_t b, cudaStream_t stream) {
+    auto* out = static_cast<double*>(sumsq.raw()) + b;
+    const ShardRange& rg = ranges[b];
+    if (rg.norm_count == 0) {
+      BRAID_CHECK_CUDA(cudaMemsetAsync(out, 0, sizeof(double), stream));
+      return;
     }
-    std::vector<double> h(shards.size(), 0.0);
-    for (size_t b = 0; b < shards.size(); ++b) {
-      const ShardRange& sh = shards[b];
-      if (sh.norm_count == 0) {
-        BRAID_CHECK_CUDA(cudaMemset(out + b, 0, sizeof(double)));
+    cuda::sum_squares(out, static_cast<double*>(scratch.raw()) + scratch_at[b], store.flat_grads().f32() + rg.begin,
+                      norm_table(rg.norm_first), rg.norm_count, rg.size, stream);
+  }
+  double sum_squares_owned() override {
+    bool any = false;
+    for (size_t b = 0; b < ranges.size(); ++b) {
+      if (announced[b]) {
+        any = true;
         continue;
       }
-      cuda::sum_squares(out + b, scratch.raw(), reducer.shard_grads(int(b)), norm_table(sh.norm_first), sh.norm_count,
-                        sh.size, nullptr);
+      bucket_sum(b, nullptr);
     }
-    if (!h.empty()) BRAID_CHECK_CUDA(cudaMemcpy(h.data(), out, h.size() * sizeof(double), cudaMemcpyDeviceToHost));
+    early_last = int(std::count(announced.begin(), announced.end(), true));
+    if (any) legacy_waits_for_norm_stream();  // the copy below reads the side stream's sums
+    std::fill(announced.begin(), announced.end(), false);
+    if (ranges.empty()) return 0.0;
+    std::vector<double> h(ranges.size(), 0.0);
+    BRAID_CHECK_CUDA(cudaMemcpy(h.data(), sumsq.raw(), h.size() * sizeof(double), cudaMemcpyDeviceToHost));
     double sum = 0;
     for (double x : h) sum += x;
     return sum;
+  }
+  // ---- the gradient norm beside the backward (Optimizer::bucket_final) ----
+  std::vector<bool> announced;  // bucket's sum enqueued on norm_stream this step
+  cudaStream_t norm_stream = nullptr;
+  cudaEvent_t norm_ready = nullptr, norm_done = nullptr;
+  void bucket_final(int b, void* stream) override {
+    BRAID_CHECK(!zero && b >= 0 && size_t(b) < ranges.size() && !announced[size_t(b)],
+                "bucket_final: bucket " << b);
+    if (!norm_stream) {
+      // Non-blocking: the legacy stream's memsets of stale gradients during the backward
+      // must not wait for a sum in flight (nor the sums for them); ordered by events only.
+      int least = 0, greatest = 0;
+      BRAID_CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+      BRAID_CHECK_CUDA(cudaStreamCreateWithPriority(&norm_stream, cudaStreamNonBlocking, std::max(greatest, least - 1)));
+      BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&norm_ready, cudaEventDisableTiming));
+      BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&norm_done, cudaEventDisableTiming));
+    }
+    // The compute stream is a blocking stream: the event also follows the legacy stream's
+    // earlier work (a stale gradient zeroed by memset).
+    BRAID_CHECK_CUDA(cudaEventRecord(norm_ready, static_cast<cudaStream_t>(stream)));
+    BRAID_CHECK_CUDA(cudaStreamWaitEvent(norm_stream, norm_ready, 0));
+    bucket_sum(size_t(b), norm_stream);
+    announced[size_t(b)] = true;
+  }
+  void legacy_waits_for_norm_stream() {
+    BRAID_CHECK_CUDA(cudaEventRecord(norm_done, norm_stream));
+    BRAID_CHECK_CUDA(cudaStreamWaitEvent(cudaStreamLegacy, norm_done, 0));
+  }
+  void forget_early_norms() override {
+    // An abandoned step's sums are not read. The next step's sums on the legacy stream write
+    // the same outputs and scratch, so they wait for any still in flight.
+    if (std::find(announced.begin(), announced.end(), true) != announced.end()) legacy_waits_for_norm_stream();
+    std::fill(announced.begin(), announced.end(), false);
   }
   void set_grad_scale(float sc) override { grad_scale = sc; }
 
@@ -111,6 +158,10 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
       if (g.done) cudaEventDestroy(g.done);
     if (grads_ready) cudaEventDestroy(grads_ready);
     if (side) cudaStreamDestroy(side);
+    if (norm_stream) cudaStreamSynchronize(norm_stream);
+    if (norm_ready) cudaEventDestroy(norm_ready);
+    if (norm_done) cudaEventDestroy(norm_done);
+    if (norm_stream) cudaStreamDestroy(norm_stream);
   }
   ParamFence* set_overlap(const std::vector<std::vector<int>>& order, int sms, double gemm_limit) override {
     BRAID_CHECK(groups.empty(), "set_overlap called twice");
@@ -278,8 +329,23 @@ std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer& 
     all.push_back(seg);
     if (s.norm_owned) owned.push_back(seg);
   };
+  std::vector<ShardRange> norms;
   if (!o.reducer_.zero()) {
     for (const auto& s : o.segments_) add(s.lo, s.hi - s.lo, s);
+    // The norm per bucket: each bucket's norm-owned segments relative to its start.
+    owned.clear();
+    for (const BucketRange& bk : o.reducer_.buckets()) {
+      ShardRange r;
+      r.begin = bk.offset;
+      r.size = bk.size;
+      r.norm_first = int(owned.size());
+      for (const Segment& s : o.segments_) {  // sorted, disjoint; gaps are bucket padding
+        const int64_t a = std::max(bk.offset, s.lo), e = std::min(bk.offset + bk.size, s.hi);
+        if (a < e && s.norm_owned) owned.push_back({a - bk.offset, e - a, s.weight_decay ? 1 : 0, 0});
+      }
+      r.norm_count = int(owned.size()) - r.norm_first;
+      norms.push_back(r);
+    }
   } else {
     // Bucket b's owned flat range [begin, begin + size): its segments relative to begin.
     for (size_t b = 0; b < o.reducer_.buckets().size(); ++b) {
@@ -297,8 +363,9 @@ std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer& 
       sh.norm_count = int(owned.size()) - sh.norm_first;
       shards.push_back(sh);
     }
+    norms = shards;
   }
-  return std::make_unique<CudaOptimizerState>(o.store_, o.reducer_, all, owned, std::move(shards));
+  return std::make_unique<CudaOptimizerState>(o.store_, o.reducer_, all, owned, std::move(shards), std::move(norms));
 }
 
 }  // namespace braid
