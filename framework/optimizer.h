@@ -80,8 +80,9 @@ class Optimizer {
   template <class F>
   void for_each_segment(int64_t lo, int64_t hi, F&& f) const;
 
-  // Parameters on the GPU: fp32 moments and segment tables in device memory, AdamW and the
-  // norm as single launches over all segments (optimizer_cuda.cpp).
+  // Parameters on the GPU: fp32 moments and segment tables in device memory, AdamW as one
+  // launch over all segments (or group by group beside the forward), the norm bucket by
+  // bucket (optimizer_cuda.cpp).
   std::unique_ptr<DeviceState> dev_;
 
   ParamStore& store_;

@@ -1,6 +1,7 @@
 // The GPU side of the optimizer: fp32 AdamW moments in device memory, one launch of
 // cuda::adamw_update over every parameter segment, and the owned-gradient sum of squares
-// for the global norm. Under ZeRO-1 the moments hold this replica's 1/DP of every bucket
+// for the global norm, bucket by bucket (with one replica, each bucket on a second stream
+// as soon as the backward has finished it). Under ZeRO-1 the moments hold this replica's 1/DP of every bucket
 // (bucket b's shard at shard_offset(b)); the reduced gradients and the master weights of
 // that shard are used where they lie in the flat buffers (no copies), so the kernels run
 // once per bucket with pointers shifted to the shard; after the update the shards are
@@ -45,7 +46,8 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   int nsegs = 0;
   std::vector<ShardRange> shards;  // ZeRO-1 only
   std::vector<ShardRange> ranges;  // per bucket (its shard under ZeRO-1): the norm's segments
-  std::vector<int64_t> scratch_at;  // per bucket: its first partial (doubles) in scratch
+  std::vector<cuda::NormBucket> host_buckets;  // ranges as the norm kernels' table (+ sentinel)
+  Tensor bucket_table;                         // its device copy
   CudaOptimizerState(ParamStore& s, GradReducer& r, const std::vector<cuda::ParamSegment>& all,
                      const std::vector<cuda::ParamSegment>& owned, std::vector<ShardRange> shard_ranges,
                      std::vector<ShardRange> norm_ranges)
@@ -56,43 +58,49 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
     segs = upload_segments(all);
     norm_segs = upload_segments(owned);
     nsegs = int(all.size());
-    // One fp64 sum per bucket (its shard under ZeRO-1), added on the host in bucket order;
-    // each bucket's block partials in a scratch range of its own, so buckets summed on the
-    // side stream during the backward and the rest summed after it never share one.
+    // One fp64 sum per bucket (its shard under ZeRO-1), added on the host in bucket order.
+    // Each bucket's block partials have a range of their own, so buckets summed on the side
+    // stream during the backward and the rest summed after it never share scratch.
     sumsq = Tensor({2 * std::max<int64_t>(int64_t(ranges.size()), 1)}, DType::F32, Device::CUDA);
-    int64_t partials = 1;
+    int64_t partials = 0;
     for (const ShardRange& rg : ranges) {
-      scratch_at.push_back(partials);
-      partials += int64_t((cuda::sum_squares_scratch_bytes(rg.size) + 7) / 8);
+      host_buckets.push_back({rg.begin, rg.size, partials, rg.norm_first, rg.norm_count});
+      partials += cuda::sum_squares_chunks(rg.size);
     }
-    scratch = Tensor::empty({2 * partials}, DType::F32, Device::CUDA);
+    host_buckets.push_back({0, 0, partials, 0, 0});  // sentinel: the partials' total
+    {
+      const size_t bytes = host_buckets.size() * sizeof(cuda::NormBucket);
+      Tensor host = Tensor::empty({int64_t((bytes + 3) / 4)}, DType::I32);
+      std::memcpy(host.raw(), host_buckets.data(), bytes);
+      bucket_table = Tensor::empty(host.shape(), DType::I32, Device::CUDA);
+      bucket_table.copy_from(host);
+    }
+    scratch = Tensor::empty({2 * std::max<int64_t>(partials, 1)}, DType::F32, Device::CUDA);
     announced.assign(ranges.size(), false);
   }
   const cuda::ParamSegment* seg_table(int first) { return segs.data<cuda::ParamSegment>() + first; }
-  const cuda::ParamSegment* norm_table(int first) { return norm_segs.data<cuda::ParamSegment>() + first; }
-  // Bucket b's sum of squares into sumsq[b] on `stream`: its norm-owned segments, relative
-  // to the bucket's start (its shard's under ZeRO-1).
-  void bucket_sum(size_t b, cudaStream_t stream) {
-    auto* out = static_cast<double*>(sumsq.raw()) + b;
-    const ShardRange& rg = ranges[b];
-    if (rg.norm_count == 0) {
-      BRAID_CHECK_CUDA(cudaMemsetAsync(out, 0, sizeof(double), stream));
-      return;
-    }
-    cuda::sum_squares(out, static_cast<double*>(scratch.raw()) + scratch_at[b], store.flat_grads().f32() + rg.begin,
-                      norm_table(rg.norm_first), rg.norm_count, rg.size, stream);
+  // Buckets [first, first + count) into sumsq[first..] on `stream`: each bucket's norm-owned
+  // segments, relative to its start (its shard's under ZeRO-1); one launch pair.
+  void bucket_sums(int first, int count, cudaStream_t stream) {
+    cuda::bucket_sum_squares(static_cast<double*>(sumsq.raw()), static_cast<double*>(scratch.raw()),
+                             store.flat_grads().f32(), norm_segs.data<cuda::ParamSegment>(),
+                             bucket_table.data<cuda::NormBucket>(), host_buckets.data(), first, count, stream);
   }
   double sum_squares_owned() override {
-    bool any = false;
-    for (size_t b = 0; b < ranges.size(); ++b) {
-      if (announced[b]) {
-        any = true;
+    // The buckets not summed beside the backward, in runs of consecutive ones.
+    const int nb = int(ranges.size());
+    for (int b = 0; b < nb;) {
+      if (announced[size_t(b)]) {
+        ++b;
         continue;
       }
-      bucket_sum(b, nullptr);
+      int e = b;
+      while (e < nb && !announced[size_t(e)]) ++e;
+      bucket_sums(b, e - b, nullptr);
+      b = e;
     }
     early_last = int(std::count(announced.begin(), announced.end(), true));
-    if (any) legacy_waits_for_norm_stream();  // the copy below reads the side stream's sums
+    if (early_last > 0) legacy_waits_for_norm_stream();  // the copy below reads the side stream's sums
     std::fill(announced.begin(), announced.end(), false);
     if (ranges.empty()) return 0.0;
     std::vector<double> h(ranges.size(), 0.0);
@@ -121,7 +129,7 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
     // earlier work (a stale gradient zeroed by memset).
     BRAID_CHECK_CUDA(cudaEventRecord(norm_ready, static_cast<cudaStream_t>(stream)));
     BRAID_CHECK_CUDA(cudaStreamWaitEvent(norm_stream, norm_ready, 0));
-    bucket_sum(size_t(b), norm_stream);
+    bucket_sums(b, 1, norm_stream);
     announced[size_t(b)] = true;
   }
   void legacy_waits_for_norm_stream() {
@@ -201,8 +209,9 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
       BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&g.done, cudaEventDisableTiming));
       groups.push_back(std::move(g));
     }
-    // A blocking stream: the legacy-stream copies of checkpoints and moments, and the next
-    // step's gradient norm, wait for its updates without being told. With K SMs at the
+    // A blocking stream: the legacy-stream copies of checkpoints and moments wait for its
+    // updates without being told (the next step's gradient norm only reads gradients, which
+    // the next backward writes after the forward's fences). With K SMs at the
     // compute stream's priority; else at the lowest.
     int least = 0, greatest = 0;
     BRAID_CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
