@@ -234,8 +234,8 @@ int main(int argc, char** argv) {
                                  (cfg.virtual_stages > 1 ? " v" + std::to_string(cfg.virtual_stages) : "") +
                                  (cfg.sequence_parallel ? " sp" : "");
       const std::string label = o.label.empty() ? (o.preset.empty() ? "custom" : o.preset) : o.label;
-      char memory_opts[256];  // the options that trade memory for time, and the speed options
-      std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s%s%s", cfg.recompute.c_str(),
+      char memory_opts[192];  // the options that trade memory for time, and the speed options
+      std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s%s", cfg.recompute.c_str(),
                     cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : ", GEMMs heuristic",
                     cfg.optimizer_overlap_sms > 0
                         ? (", AdamW beside the forward on " + std::to_string(cfg.optimizer_overlap_sms) + " SMs" +
@@ -245,8 +245,7 @@ int main(int argc, char** argv) {
                                                        : std::string()))
                               .c_str()
                     : cfg.optimizer_overlap_sms < 0 ? ", AdamW beside the forward at low priority"
-                                                    : "",
-                    cfg.device == "cuda" && !cfg.grad_norm_overlap ? ", gradient norm after the backward" : "");
+                                                    : "");
       std::printf("braid-bench %s | %s | %s %s attention, %s | B=%d x accum %d x dp %d, T=%d | %.0f tok/s (%.0f per GPU) | "
                   "ms/step median %.2f min %.2f max %.2f | MFU %.1f%% HFU %.1f%% per GPU | peak memory %.2f GiB "
                   "allocator, %.2f GiB device | loss %.3f\n",
@@ -283,7 +282,6 @@ int main(int argc, char** argv) {
         j["gemm_autotune"] = cfg.gemm_autotune;
         j["optimizer_overlap_sms"] = cfg.optimizer_overlap_sms;  // -1: all SMs at low priority
         j["optimizer_overlap_gemm_limit"] = cfg.overlap_gemm_limit;
-        j["grad_norm_overlap"] = cfg.grad_norm_overlap;
         j["micro_batch"] = cfg.micro_batch;
         j["grad_accum"] = cfg.grad_accum;
         j["seq_len"] = m.seq_len;

@@ -93,15 +93,6 @@ double Optimizer::clip_grad_norm(float max_norm) {
   return norm;
 }
 
-bool Optimizer::early_norm() const { return early_norm_ && dev_ && !reducer_.zero() && reducer_.dp().size() == 1; }
-void Optimizer::bucket_final(int bucket, void* stream) {
-  if (early_norm()) dev_->bucket_final(bucket, stream);
-}
-int Optimizer::early_norm_buckets() const { return dev_ ? dev_->early_last : 0; }
-void Optimizer::begin_step() {
-  if (dev_) dev_->forget_early_norms();
-}
-
 void Optimizer::set_bf16_copy(void* copy) {
   if (dev_ && !reducer_.zero()) dev_->bf16_copy = copy;
 }

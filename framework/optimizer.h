@@ -44,18 +44,6 @@ class Optimizer {
   // gemm_limit: the forward's GEMMs are chosen for the other SMs until the forward has
   // waited for this fraction of the groups (1, default: all of them; 0: never).
   ParamFence* set_overlap(const std::vector<std::vector<int>>& groups, int sms, double gemm_limit = 1.0);
-  // The gradient norm beside the backward (GPU, one replica, no ZeRO-1): the caller says a
-  // bucket's gradients are final once every op writing them is enqueued on `stream` (the
-  // backend's compute stream); that bucket's sum of squares then runs on a stream of its
-  // own while the backward goes on, and clip_grad_norm() computes only the buckets not
-  // announced. The same per-bucket kernels either way, so the norm has the same bits.
-  // begin_step() forgets the announcements of an abandoned step. No-op elsewhere.
-  void enable_early_norm(bool on) { early_norm_ = on; }
-  bool early_norm() const;
-  void bucket_final(int bucket, void* stream);
-  void begin_step();
-  // Buckets whose sum of squares the last clip_grad_norm() found done beside the backward.
-  int early_norm_buckets() const;
 
   int64_t steps_taken() const { return t_; }
   // Bytes of the moments held in host memory (the CPU path; 0 when they live on the GPU).
@@ -69,7 +57,6 @@ class Optimizer {
   struct DeviceState;  // GPU state (optimizer_cuda.cpp; a nested type sees the members)
 
  private:
-  bool early_norm_ = false;
   struct Segment {
     int64_t lo, hi;
     bool weight_decay, norm_owned;
@@ -80,9 +67,8 @@ class Optimizer {
   template <class F>
   void for_each_segment(int64_t lo, int64_t hi, F&& f) const;
 
-  // Parameters on the GPU: fp32 moments and segment tables in device memory, AdamW as one
-  // launch over all segments (or group by group beside the forward), the norm bucket by
-  // bucket (optimizer_cuda.cpp).
+  // Parameters on the GPU: fp32 moments and segment tables in device memory, AdamW and the
+  // norm as single launches over all segments (optimizer_cuda.cpp).
   std::unique_ptr<DeviceState> dev_;
 
   ParamStore& store_;

@@ -1,7 +1,6 @@
 // The GPU side of the optimizer: fp32 AdamW moments in device memory, one launch of
 // cuda::adamw_update over every parameter segment, and the owned-gradient sum of squares
-// for the global norm, bucket by bucket (with one replica, each bucket on a second stream
-// as soon as the backward has finished it). Under ZeRO-1 the moments hold this replica's 1/DP of every bucket
+// for the global norm. Under ZeRO-1 the moments hold this replica's 1/DP of every bucket
 // (bucket b's shard at shard_offset(b)); the reduced gradients and the master weights of
 // that shard are used where they lie in the flat buffers (no copies), so the kernels run
 // once per bucket with pointers shifted to the shard; after the update the shards are
@@ -43,104 +42,50 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
   Tensor m, v, segs, norm_segs, sumsq, scratch;
   Tensor scale_dev = Tensor({1}, DType::F32, Device::CUDA);
   float grad_scale = 1.f;
-  int nsegs = 0;
+  int nsegs = 0, nnorm = 0;
   std::vector<ShardRange> shards;  // ZeRO-1 only
-  std::vector<ShardRange> ranges;  // per bucket (its shard under ZeRO-1): the norm's segments
-  std::vector<cuda::NormBucket> host_buckets;  // ranges as the norm kernels' table (+ sentinel)
-  Tensor bucket_table;                         // its device copy
   CudaOptimizerState(ParamStore& s, GradReducer& r, const std::vector<cuda::ParamSegment>& all,
-                     const std::vector<cuda::ParamSegment>& owned, std::vector<ShardRange> shard_ranges,
-                     std::vector<ShardRange> norm_ranges)
-      : store(s), reducer(r), zero(r.zero()), shards(std::move(shard_ranges)), ranges(std::move(norm_ranges)) {
+                     const std::vector<cuda::ParamSegment>& owned, std::vector<ShardRange> shard_ranges)
+      : store(s), reducer(r), zero(r.zero()), shards(std::move(shard_ranges)) {
     total = zero ? std::max<int64_t>(r.shard_total(), 1) : s.flat_size();
     m = Tensor({total}, DType::F32, Device::CUDA);
     v = Tensor({total}, DType::F32, Device::CUDA);
     segs = upload_segments(all);
     norm_segs = upload_segments(owned);
     nsegs = int(all.size());
-    // One fp64 sum per bucket (its shard under ZeRO-1), added on the host in bucket order.
-    // Each bucket's block partials have a range of their own, so buckets summed on the side
-    // stream during the backward and the rest summed after it never share scratch.
-    sumsq = Tensor({2 * std::max<int64_t>(int64_t(ranges.size()), 1)}, DType::F32, Device::CUDA);
-    int64_t partials = 0;
-    for (const ShardRange& rg : ranges) {
-      host_buckets.push_back({rg.begin, rg.size, partials, rg.norm_first, rg.norm_count});
-      partials += cuda::sum_squares_chunks(rg.size);
-    }
-    host_buckets.push_back({0, 0, partials, 0, 0});  // sentinel: the partials' total
-    {
-      const size_t bytes = host_buckets.size() * sizeof(cuda::NormBucket);
-      Tensor host = Tensor::empty({int64_t((bytes + 3) / 4)}, DType::I32);
-      std::memcpy(host.raw(), host_buckets.data(), bytes);
-      bucket_table = Tensor::empty(host.shape(), DType::I32, Device::CUDA);
-      bucket_table.copy_from(host);
-    }
-    scratch = Tensor::empty({2 * std::max<int64_t>(partials, 1)}, DType::F32, Device::CUDA);
-    announced.assign(ranges.size(), false);
+    nnorm = int(owned.size());
+    // One fp64 sum per bucket shard under ZeRO-1 (added on the host in bucket order).
+    sumsq = Tensor({2 * std::max<int64_t>(int64_t(shards.size()), 1)}, DType::F32, Device::CUDA);
+    int64_t largest = zero ? 1 : s.flat_size();
+    for (const ShardRange& sh : shards) largest = std::max(largest, sh.size);
+    size_t sb = cuda::sum_squares_scratch_bytes(largest);
+    scratch = Tensor::empty({int64_t((sb + 3) / 4 + 1)}, DType::F32, Device::CUDA);
   }
   const cuda::ParamSegment* seg_table(int first) { return segs.data<cuda::ParamSegment>() + first; }
-  // Buckets [first, first + count) into sumsq[first..] on `stream`: each bucket's norm-owned
-  // segments, relative to its start (its shard's under ZeRO-1); one launch pair.
-  void bucket_sums(int first, int count, cudaStream_t stream) {
-    cuda::bucket_sum_squares(static_cast<double*>(sumsq.raw()), static_cast<double*>(scratch.raw()),
-                             store.flat_grads().f32(), norm_segs.data<cuda::ParamSegment>(),
-                             bucket_table.data<cuda::NormBucket>(), host_buckets.data(), first, count, stream);
-  }
+  const cuda::ParamSegment* norm_table(int first) { return norm_segs.data<cuda::ParamSegment>() + first; }
   double sum_squares_owned() override {
-    // The buckets not summed beside the backward, in runs of consecutive ones.
-    const int nb = int(ranges.size());
-    for (int b = 0; b < nb;) {
-      if (announced[size_t(b)]) {
-        ++b;
+    auto* out = static_cast<double*>(sumsq.raw());
+    if (!zero) {
+      if (nnorm == 0) return 0.0;
+      cuda::sum_squares(out, scratch.raw(), store.flat_grads().f32(), norm_table(0), nnorm, total, nullptr);
+      double h = 0;
+      BRAID_CHECK_CUDA(cudaMemcpy(&h, out, sizeof(double), cudaMemcpyDeviceToHost));
+      return h;
+    }
+    std::vector<double> h(shards.size(), 0.0);
+    for (size_t b = 0; b < shards.size(); ++b) {
+      const ShardRange& sh = shards[b];
+      if (sh.norm_count == 0) {
+        BRAID_CHECK_CUDA(cudaMemset(out + b, 0, sizeof(double)));
         continue;
       }
-      int e = b;
-      while (e < nb && !announced[size_t(e)]) ++e;
-      bucket_sums(b, e - b, nullptr);
-      b = e;
+      cuda::sum_squares(out + b, scratch.raw(), reducer.shard_grads(int(b)), norm_table(sh.norm_first), sh.norm_count,
+                        sh.size, nullptr);
     }
-    early_last = int(std::count(announced.begin(), announced.end(), true));
-    if (early_last > 0) legacy_waits_for_norm_stream();  // the copy below reads the side stream's sums
-    std::fill(announced.begin(), announced.end(), false);
-    if (ranges.empty()) return 0.0;
-    std::vector<double> h(ranges.size(), 0.0);
-    BRAID_CHECK_CUDA(cudaMemcpy(h.data(), sumsq.raw(), h.size() * sizeof(double), cudaMemcpyDeviceToHost));
+    if (!h.empty()) BRAID_CHECK_CUDA(cudaMemcpy(h.data(), out, h.size() * sizeof(double), cudaMemcpyDeviceToHost));
     double sum = 0;
     for (double x : h) sum += x;
     return sum;
-  }
-  // ---- the gradient norm beside the backward (Optimizer::bucket_final) ----
-  std::vector<bool> announced;  // bucket's sum enqueued on norm_stream this step
-  cudaStream_t norm_stream = nullptr;
-  cudaEvent_t norm_ready = nullptr, norm_done = nullptr;
-  void bucket_final(int b, void* stream) override {
-    BRAID_CHECK(!zero && b >= 0 && size_t(b) < ranges.size() && !announced[size_t(b)],
-                "bucket_final: bucket " << b);
-    if (!norm_stream) {
-      // Non-blocking: the legacy stream's memsets of stale gradients during the backward
-      // must not wait for a sum in flight (nor the sums for them); ordered by events only.
-      int least = 0, greatest = 0;
-      BRAID_CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-      BRAID_CHECK_CUDA(cudaStreamCreateWithPriority(&norm_stream, cudaStreamNonBlocking, std::max(greatest, least - 1)));
-      BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&norm_ready, cudaEventDisableTiming));
-      BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&norm_done, cudaEventDisableTiming));
-    }
-    // The compute stream is a blocking stream: the event also follows the legacy stream's
-    // earlier work (a stale gradient zeroed by memset).
-    BRAID_CHECK_CUDA(cudaEventRecord(norm_ready, static_cast<cudaStream_t>(stream)));
-    BRAID_CHECK_CUDA(cudaStreamWaitEvent(norm_stream, norm_ready, 0));
-    bucket_sums(b, 1, norm_stream);
-    announced[size_t(b)] = true;
-  }
-  void legacy_waits_for_norm_stream() {
-    BRAID_CHECK_CUDA(cudaEventRecord(norm_done, norm_stream));
-    BRAID_CHECK_CUDA(cudaStreamWaitEvent(cudaStreamLegacy, norm_done, 0));
-  }
-  void forget_early_norms() override {
-    // An abandoned step's sums are not read. The next step's sums on the legacy stream write
-    // the same outputs and scratch, so they wait for any still in flight.
-    if (std::find(announced.begin(), announced.end(), true) != announced.end()) legacy_waits_for_norm_stream();
-    std::fill(announced.begin(), announced.end(), false);
   }
   void set_grad_scale(float sc) override { grad_scale = sc; }
 
@@ -166,10 +111,6 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
       if (g.done) cudaEventDestroy(g.done);
     if (grads_ready) cudaEventDestroy(grads_ready);
     if (side) cudaStreamDestroy(side);
-    if (norm_stream) cudaStreamSynchronize(norm_stream);
-    if (norm_ready) cudaEventDestroy(norm_ready);
-    if (norm_done) cudaEventDestroy(norm_done);
-    if (norm_stream) cudaStreamDestroy(norm_stream);
   }
   ParamFence* set_overlap(const std::vector<std::vector<int>>& order, int sms, double gemm_limit) override {
     BRAID_CHECK(groups.empty(), "set_overlap called twice");
@@ -209,9 +150,8 @@ struct CudaOptimizerState : Optimizer::DeviceState, ParamFence {
       BRAID_CHECK_CUDA(cudaEventCreateWithFlags(&g.done, cudaEventDisableTiming));
       groups.push_back(std::move(g));
     }
-    // A blocking stream: the legacy-stream copies of checkpoints and moments wait for its
-    // updates without being told (the next step's gradient norm only reads gradients, which
-    // the next backward writes after the forward's fences). With K SMs at the
+    // A blocking stream: the legacy-stream copies of checkpoints and moments, and the next
+    // step's gradient norm, wait for its updates without being told. With K SMs at the
     // compute stream's priority; else at the lowest.
     int least = 0, greatest = 0;
     BRAID_CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
@@ -338,23 +278,8 @@ std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer& 
     all.push_back(seg);
     if (s.norm_owned) owned.push_back(seg);
   };
-  std::vector<ShardRange> norms;
   if (!o.reducer_.zero()) {
     for (const auto& s : o.segments_) add(s.lo, s.hi - s.lo, s);
-    // The norm per bucket: each bucket's norm-owned segments relative to its start.
-    owned.clear();
-    for (const BucketRange& bk : o.reducer_.buckets()) {
-      ShardRange r;
-      r.begin = bk.offset;
-      r.size = bk.size;
-      r.norm_first = int(owned.size());
-      for (const Segment& s : o.segments_) {  // sorted, disjoint; gaps are bucket padding
-        const int64_t a = std::max(bk.offset, s.lo), e = std::min(bk.offset + bk.size, s.hi);
-        if (a < e && s.norm_owned) owned.push_back({a - bk.offset, e - a, s.weight_decay ? 1 : 0, 0});
-      }
-      r.norm_count = int(owned.size()) - r.norm_first;
-      norms.push_back(r);
-    }
   } else {
     // Bucket b's owned flat range [begin, begin + size): its segments relative to begin.
     for (size_t b = 0; b < o.reducer_.buckets().size(); ++b) {
@@ -372,9 +297,8 @@ std::unique_ptr<Optimizer::DeviceState> Optimizer::DeviceState::make(Optimizer& 
       sh.norm_count = int(owned.size()) - sh.norm_first;
       shards.push_back(sh);
     }
-    norms = shards;
   }
-  return std::make_unique<CudaOptimizerState>(o.store_, o.reducer_, all, owned, std::move(shards), std::move(norms));
+  return std::make_unique<CudaOptimizerState>(o.store_, o.reducer_, all, owned, std::move(shards));
 }
 
 }  // namespace braid

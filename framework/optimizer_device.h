@@ -21,10 +21,6 @@ struct Optimizer::DeviceState {
   void* bf16_copy = nullptr;
   virtual void get_moments(std::vector<float>& m, std::vector<float>& v) = 0;
   virtual void set_moments(const std::vector<float>& m, const std::vector<float>& v) = 0;
-  // See Optimizer::bucket_final / begin_step.
-  virtual void bucket_final(int /*bucket*/, void* /*stream*/) {}
-  virtual void forget_early_norms() {}
-  int early_last = 0;  // buckets the last sum_squares_owned() found summed beside the backward
   virtual ParamFence* set_overlap(const std::vector<std::vector<int>>& /*groups*/, int /*sms*/, double /*gemm_limit*/) {
     return nullptr;
   }

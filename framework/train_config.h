@@ -53,9 +53,6 @@ struct TrainConfig {
   // --optimizer-overlap-gemm-limit: the forward's GEMMs leave the K SMs to the update until
   // the forward has waited for this fraction of the updated groups (0: never, on every SM).
   double overlap_gemm_limit = 1.0;
-  // CUDA, one replica without ZeRO-1: each gradient bucket's sum of squares runs on a
-  // second stream as soon as the backward finishes the bucket (false: all after it).
-  bool grad_norm_overlap = true;
   bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
   int tp_comm_chunks = 1;           // row blocks of the row-parallel forward GEMMs, all-reduce overlapped

@@ -73,7 +73,6 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   sp_pending_.resize(store_.buckets().size());
   optimizer_ = std::make_unique<Optimizer>(store_, *reducer_, groups_);
   optimizer_->set_bf16_copy(backend_->bf16_weight_copy());  // AdamW writes the GEMM weights where it can
-  optimizer_->enable_early_norm(cfg_.grad_norm_overlap);
   if (cfg_.optimizer_overlap_sms != 0) {
     const int sms = backend_->sm_count();
     BRAID_REQUIRE(cfg_.optimizer_overlap_sms < sms, "--optimizer-overlap-sms " << cfg_.optimizer_overlap_sms
@@ -206,12 +205,7 @@ void Trainer::on_param_final(int i) {
     sp_pending_[size_t(b)].push_back(
         groups_.tp->all_reduce_async(p.grad.raw(), p.grad.numel(), DType::F32, ReduceOp::Sum));
   Bucket& bk = store_.buckets()[b];
-  if (--bk.pending == 0 && b != wte_bucket_) {
-    launch_bucket(b);
-    // One replica: the bucket's gradients are final in the compute stream's order, so its
-    // share of the gradient norm can run beside the rest of the backward.
-    optimizer_->bucket_final(b, backend_->cuda_compute_stream());
-  }
+  if (--bk.pending == 0 && b != wte_bucket_) launch_bucket(b);
 }
 
 void Trainer::launch_bucket(int b) {
@@ -240,7 +234,6 @@ StepResult Trainer::train_step() {
   // gradient (ParamStore::mark_grads_stale), which also saves the GPU's weight-gradient
   // GEMMs the read of the old values.
   store_.mark_grads_stale();
-  optimizer_->begin_step();
   if (fence_) fence_->begin_step();  // the forward's GEMMs leave the optimizer's SMs free
   polls_ = 0;
   double loss_sum = 0;
@@ -296,7 +289,6 @@ StepResult Trainer::train_step() {
   {
     prof::Scope p("gradient norm and clip");
     r.grad_norm = optimizer_->clip_grad_norm(cfg_.grad_clip);
-    r.norm_buckets_early = optimizer_->early_norm_buckets();
   }
   if (inject_nan && store_.device() != Device::CPU) r.grad_norm = std::numeric_limits<double>::quiet_NaN();
   r.lr = learning_rate(cfg_, step_);
@@ -415,7 +407,6 @@ void Trainer::log_step(const StepResult& r, std::optional<double> val_loss) {
   j["ms_per_step"] = r.seconds * 1e3;
   if (val_loss) j["val_loss"] = *val_loss;
   if (r.skipped) j["skipped"] = true;
-  if (r.norm_buckets_early > 0) j["grad_norm_buckets_beside_backward"] = r.norm_buckets_early;
   if (skipped_steps_ > 0) j["skipped_steps"] = skipped_steps_;
   {
     std::ofstream f(fs::path(cfg_.out_dir) / "metrics.jsonl", std::ios::app);

@@ -27,7 +27,6 @@ struct StepResult {
   double loss = 0, grad_norm = 0, seconds = 0;
   float lr = 0;
   bool skipped = false;  // non-finite loss or gradient norm on some rank: no update anywhere
-  int norm_buckets_early = 0;  // gradient buckets whose norm ran beside the backward (GPU)
 };
 
 // Exit code of a run whose steps stay non-finite after a rollback (or with no checkpoint to

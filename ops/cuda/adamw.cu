@@ -129,11 +129,12 @@ adamw_shared_kernel(float* __restrict__ param, bf16* __restrict__ param_bf16, co
 // elements per block, reached 50-53% of the copy bandwidth (one load in flight per
 // thread, a block reduction per 16 KiB).
 constexpr int64_t kSumChunk = 32768;
-// This thread's share of chunk `chunk` of x[0, total): the elements of the segments there.
 template <bool VEC>
-__device__ double chunk_sum_squares(const float* x, const ParamSegment* seg, int num_segments, int64_t total,
-                                    int64_t chunk) {
-  const int64_t start = chunk * kSumChunk;
+__global__ void __launch_bounds__(kThreads)
+sum_squares_partial_kernel(double* partial, const float* x, const ParamSegment* seg,
+                           int num_segments, int64_t total) {
+  __shared__ double shared[32];
+  const int64_t start = int64_t(blockIdx.x) * kSumChunk;
   const int64_t end = min(total, start + kSumChunk);
   double acc = 0.0;
   for (int s = first_segment(seg, num_segments, start);
@@ -161,43 +162,8 @@ __device__ double chunk_sum_squares(const float* x, const ParamSegment* seg, int
       }
     }
   }
-  return acc;
-}
-
-template <bool VEC>
-__global__ void __launch_bounds__(kThreads)
-sum_squares_partial_kernel(double* partial, const float* x, const ParamSegment* seg,
-                           int num_segments, int64_t total) {
-  __shared__ double shared[32];
-  double acc = chunk_sum_squares<VEC>(x, seg, num_segments, total, blockIdx.x);
   acc = block_sum(acc, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
-}
-
-// Buckets [first, first + count) in one launch: block i is partial p = bk[first].partial_first
-// + i, a chunk of the last bucket whose partials start at or before p. Each chunk sums as
-// in a launch over that bucket alone (its segments, its own chunk grid, float4 where the
-// bucket's start is 16-byte aligned), so the bits do not depend on which buckets share a
-// launch.
-__global__ void __launch_bounds__(kThreads)
-bucket_sum_squares_partial_kernel(double* partial, const float* x, const ParamSegment* seg,
-                                  const NormBucket* bk, int first, int count) {
-  __shared__ double shared[32];
-  const int64_t p = bk[first].partial_first + blockIdx.x;
-  int lo = first, hi = first + count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (bk[mid].partial_first <= p) lo = mid;
-    else hi = mid - 1;
-  }
-  const NormBucket b = bk[lo];
-  const float* xb = x + b.begin;
-  const int64_t chunk = p - b.partial_first;
-  double acc = (reinterpret_cast<uintptr_t>(xb) & 15) == 0
-                   ? chunk_sum_squares<true>(xb, seg + b.seg_first, b.seg_count, b.size, chunk)
-                   : chunk_sum_squares<false>(xb, seg + b.seg_first, b.seg_count, b.size, chunk);
-  acc = block_sum(acc, shared);
-  if (threadIdx.x == 0) partial[p] = acc;
 }
 
 // One block: thread t adds partials t, t + 1024, ... in order, then a fixed-order block sum.
@@ -208,18 +174,6 @@ sum_partials_kernel(double* out, const double* partial, int64_t count) {
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
   acc = block_sum(acc, shared);
   if (threadIdx.x == 0) *out = acc;
-}
-
-// Block j: bucket first + j's partials, in the order and form of sum_partials_kernel.
-__global__ void __launch_bounds__(1024)
-bucket_sums_kernel(double* out, const double* partial, const NormBucket* bk, int first) {
-  __shared__ double shared[32];
-  const int b = first + int(blockIdx.x);
-  const int64_t a = bk[b].partial_first, e = bk[b + 1].partial_first;
-  double acc = 0.0;
-  for (int64_t i = a + threadIdx.x; i < e; i += blockDim.x) acc += partial[i];
-  acc = block_sum(acc, shared);
-  if (threadIdx.x == 0) out[b] = acc;
 }
 
 __global__ void clip_scale_kernel(float* scale, const double* sum_sq, float max_norm) {
@@ -281,23 +235,6 @@ void sum_squares(double* out, void* scratch, const float* x, const ParamSegment*
     BRAID_CHECK_LAUNCH();
   }
   sum_partials_kernel<<<1, 1024, 0, stream>>>(out, partial, blocks);
-  BRAID_CHECK_LAUNCH();
-}
-
-int64_t sum_squares_chunks(int64_t size) { return ceil_div(size, kSumChunk); }
-
-void bucket_sum_squares(double* out, double* partials, const float* x, const ParamSegment* segments,
-                        const NormBucket* buckets, const NormBucket* host_buckets, int first, int count,
-                        cudaStream_t stream) {
-  if (count <= 0) return;
-  const int64_t blocks = host_buckets[first + count].partial_first - host_buckets[first].partial_first;
-  BRAID_CHECK(blocks >= 0 && blocks < (int64_t(1) << 31), "bucket_sum_squares: bad partial table");
-  if (blocks > 0) {
-    bucket_sum_squares_partial_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(partials, x, segments, buckets,
-                                                                                first, count);
-    BRAID_CHECK_LAUNCH();
-  }
-  bucket_sums_kernel<<<unsigned(count), 1024, 0, stream>>>(out, partials, buckets, first);
   BRAID_CHECK_LAUNCH();
 }
 

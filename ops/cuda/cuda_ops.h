@@ -295,21 +295,6 @@ void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, f
 size_t sum_squares_scratch_bytes(int64_t total);
 void sum_squares(double* out, void* scratch, const float* x, const ParamSegment* segments,
                  int num_segments, int64_t total, cudaStream_t stream);
-// The norm bucket by bucket. Bucket b covers x[begin, begin + size) with its segments
-// seg_first.. (offsets relative to begin) and its block partials at [partial_first,
-// next bucket's partial_first) of the partials buffer, sum_squares_chunks(size) of them;
-// the table ends with a sentinel entry whose partial_first is the total. One launch pair
-// sums buckets [first, first + count) into out[first..]: out[b] has the same bits as
-// sum_squares over that bucket alone, whichever buckets share the launch. `buckets` is the
-// device copy of `host_buckets`.
-struct NormBucket {
-  int64_t begin, size, partial_first;
-  int32_t seg_first, seg_count;
-};
-int64_t sum_squares_chunks(int64_t size);
-void bucket_sum_squares(double* out, double* partials, const float* x, const ParamSegment* segments,
-                        const NormBucket* buckets, const NormBucket* host_buckets, int first, int count,
-                        cudaStream_t stream);
 // *scale = min(1, max_norm / (sqrt(*sum_sq) + 1e-6)), the clipping factor, on the device.
 void clip_scale_from_sum_squares(float* scale, const double* sum_sq, float max_norm,
                                  cudaStream_t stream);

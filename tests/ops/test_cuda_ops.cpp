@@ -1222,64 +1222,6 @@ TEST_F(CudaOps, AdamWOverSegmentsAndGradNorm) {
     const double t = big * u64 / (1 - big * u64) * r;  // as above: fp64 sum of non-negative terms
     EXPECT_NEAR(sumsq.download()[0], r, t);
   }
-
-  // The norm bucket by bucket (the optimizer's gradient buckets): every bucket's sum in one
-  // launch pair, each bucket alone, and sum_squares over the bucket alone give the same
-  // bits; a bucket starting off 16 bytes takes the scalar path, one without segments and an
-  // empty one give 0, one spans three chunks.
-  struct B { int64_t begin, size; std::vector<cuda::ParamSegment> segs; };
-  const std::vector<B> bs = {{0, 40001, {odd[0], odd[1], odd[2]}},
-                             {40001, 0, {}},
-                             {40001, 39999, {{0, 39990, 1}}},
-                             {8, 100, {}},
-                             {4, 70000, {{0, 70000, 1}}}};
-  std::vector<cuda::NormBucket> table;
-  std::vector<cuda::ParamSegment> bsegs;
-  int64_t partials = 0;
-  for (const B& b : bs) {
-    table.push_back({b.begin, b.size, partials, int32_t(bsegs.size()), int32_t(b.segs.size())});
-    bsegs.insert(bsegs.end(), b.segs.begin(), b.segs.end());
-    partials += cuda::sum_squares_chunks(b.size);
-  }
-  table.push_back({0, 0, partials, 0, 0});
-  const int nb = int(bs.size());
-  const auto d_table = to_device(table);
-  const auto d_bsegs = to_device(bsegs);
-  DeviceArray<double> all{size_t(nb)}, one{size_t(nb)}, single{1}, partial{size_t(partials)};
-  cuda::bucket_sum_squares(all.get(), partial.get(), y.get(), d_bsegs->get(), d_table->get(), table.data(), 0, nb,
-                           stream);
-  const std::vector<double> got_all = all.download();
-  for (int b = 0; b < nb; ++b)
-    cuda::bucket_sum_squares(one.get(), partial.get(), y.get(), d_bsegs->get(), d_table->get(), table.data(), b, 1,
-                             stream);
-  const std::vector<double> got_one = one.download();
-  for (int b = 0; b < nb; ++b) {
-    SCOPED_TRACE("bucket " + std::to_string(b));
-    EXPECT_EQ(got_all[size_t(b)], got_one[size_t(b)]) << "a bucket's sum depends on the buckets sharing its launch";
-    double r = 0;
-    for (const auto& sg : bs[size_t(b)].segs)
-      for (int64_t i = sg.offset; i < sg.offset + sg.length; ++i) {
-        const double yi = ys[size_t(bs[size_t(b)].begin + i)];
-        r += yi * yi;
-      }
-    const double n = double(bs[size_t(b)].size);
-    EXPECT_NEAR(got_all[size_t(b)], r, n * u64 / (1 - n * u64) * r);  // as above
-    if (bs[size_t(b)].segs.empty()) {
-      EXPECT_EQ(got_all[size_t(b)], 0.0);
-      continue;
-    }
-    const auto d_one = to_device(bs[size_t(b)].segs);
-    cuda::sum_squares(single.get(), scratch_big.get(), y.get() + bs[size_t(b)].begin, d_one->get(),
-                      int(bs[size_t(b)].segs.size()), bs[size_t(b)].size, stream);
-    EXPECT_EQ(got_all[size_t(b)], single.download()[0]) << "differs from sum_squares over the bucket alone";
-  }
-  // Two runs of buckets, as the optimizer sums the ones the backward did not announce.
-  cuda::bucket_sum_squares(one.get(), partial.get(), y.get(), d_bsegs->get(), d_table->get(), table.data(), 0, 2,
-                           stream);
-  cuda::bucket_sum_squares(one.get(), partial.get(), y.get(), d_bsegs->get(), d_table->get(), table.data(), 3, 2,
-                           stream);
-  const std::vector<double> runs = one.download();
-  for (int b : {0, 1, 3, 4}) EXPECT_EQ(runs[size_t(b)], got_all[size_t(b)]) << "bucket " << b << " in a run";
 }
 
 }  // namespace
