@@ -214,7 +214,16 @@ int main(int argc, char** argv) {
     const double peak = o.peak_tflops * 1e12 * world;
     // The layers' own parameters (the recomputed forward's GEMMs): 12 C^2 + 13 C per layer.
     const double N_layers = double(m.n_layer) * (12.0 * m.n_embd * m.n_embd + 13.0 * m.n_embd);
-    const double recomputed = cfg.recompute == "full" ? 2 * N_layers + 4 * LTC : 0.0;
+    // --recompute-num-layers: the layers recomputed, summed over the model chunks.
+    double recomputed_layers = m.n_layer;
+    if (cfg.recompute_num_layers >= 0) {
+      const ModelLayout ml = make_model_layout(m, cfg.tp, 0, cfg.pp, 0, cfg.virtual_stages, cfg.sequence_parallel,
+                                               cfg.pp_layers);
+      recomputed_layers = 0;
+      for (int n : ml.chunk_layers) recomputed_layers += std::min(n, cfg.recompute_num_layers);
+    }
+    const double recomputed =
+        cfg.recompute == "full" ? (2 * N_layers + 4 * LTC) * recomputed_layers / m.n_layer : 0.0;
     const double mfu = tps * (6 * N + 12 * LTC) / peak, hfu = tps * (6 * N + 14 * LTC + recomputed) / peak;
     double reserved = 0, used = 0;
 #ifdef BRAID_HAVE_CUDA
@@ -234,8 +243,12 @@ int main(int argc, char** argv) {
                                  (cfg.virtual_stages > 1 ? " v" + std::to_string(cfg.virtual_stages) : "") +
                                  (cfg.sequence_parallel ? " sp" : "");
       const std::string label = o.label.empty() ? (o.preset.empty() ? "custom" : o.preset) : o.label;
-      char memory_opts[192];  // the options that trade memory for time, and the speed options
-      std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s%s", cfg.recompute.c_str(),
+      char memory_opts[256];  // the options that trade memory for time, and the speed options
+      const std::string recompute =
+          cfg.recompute + (cfg.recompute_num_layers >= 0
+                               ? " (first " + std::to_string(cfg.recompute_num_layers) + " layers per chunk)"
+                               : std::string());
+      std::snprintf(memory_opts, sizeof(memory_opts), "recompute %s, loss chunk %g MiB%s%s", recompute.c_str(),
                     cfg.loss_chunk_mib, cfg.gemm_autotune ? ", GEMMs autotuned" : ", GEMMs heuristic",
                     cfg.optimizer_overlap_sms > 0
                         ? (", AdamW beside the forward on " + std::to_string(cfg.optimizer_overlap_sms) + " SMs" +
@@ -278,6 +291,7 @@ int main(int argc, char** argv) {
         j["device"] = cfg.device;
         j["attention"] = cfg.attention;
         j["recompute"] = cfg.recompute;
+        j["recompute_num_layers"] = cfg.recompute_num_layers;
         j["loss_chunk_mib"] = cfg.loss_chunk_mib;
         j["gemm_autotune"] = cfg.gemm_autotune;
         j["optimizer_overlap_sms"] = cfg.optimizer_overlap_sms;  // -1: all SMs at low priority

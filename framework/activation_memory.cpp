@@ -51,7 +51,7 @@ struct ChunkActs {  // gpt.h ChunkActivations
 
 class DryRun {
  public:
-  explicit DryRun(const ActivationPlanInput& in) : in_(in), recompute_gelu_(in.recompute_gelu) {
+  explicit DryRun(const ActivationPlanInput& in) : in_(in) {
     const ModelConfig& m = in.model;
     const ModelLayout& l = in.layout;
     B_ = in.micro_batch;
@@ -123,7 +123,10 @@ class DryRun {
   struct NextNorm {
     Buf *ln = nullptr, *mean = nullptr, *rstd = nullptr;
   };
-  void layer_forward(LayerActs& a, const Buf& x, Buf& out, bool ln1_ready, const NextNorm* next);
+  void layer_forward(LayerActs& a, const Buf& x, Buf& out, bool ln1_ready, const NextNorm* next, bool keep_gelu);
+  bool recomputes(size_t l) const {  // Gpt::recomputes
+    return in_.recompute_num_layers < 0 || l < size_t(in_.recompute_num_layers);
+  }
   void layer_backward(LayerActs& a, Buf& dx);
   void embedding_forward(Buf& out);
   void embedding_backward(const Buf& dx);
@@ -138,7 +141,6 @@ class DryRun {
   bool has_head(int c) const { return global(c) == in_.layout.total_chunks() - 1; }
 
   const ActivationPlanInput& in_;
-  bool recompute_gelu_ = false;  // in_.recompute_gelu, off while a layer is recomputed
   Tracker mem_;
   int B_, T_, Ts_, C_, NHl_;
   int64_t Cl_, Fl_;
@@ -147,7 +149,8 @@ class DryRun {
 };
 
 // gpt.cpp Gpt::layer_forward
-void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out, bool ln1_ready, const NextNorm* next) {
+void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out, bool ln1_ready, const NextNorm* next,
+                           bool keep_gelu) {
   a.input = x;
   if (!ln1_ready) {
     a.ln1 = act(Ns_ * C_);
@@ -168,7 +171,7 @@ void DryRun::layer_forward(LayerActs& a, const Buf& x, Buf& out, bool ln1_ready,
   to_full_seq(a.ln2, a.ln2_full);
   a.fch = act(N_ * Fl_);
   Buf gelu_out = act(N_ * Fl_);
-  if (!recompute_gelu_) a.fch_gelu = gelu_out;
+  if (keep_gelu) a.fch_gelu = gelu_out;
   Buf fcproj;
   row_parallel_forward(fcproj);
   out = act(Ns_ * C_);
@@ -282,11 +285,12 @@ void DryRun::forward(int c, ChunkActs& acts, const Buf* input, bool compute_grad
     } else if (has_head(c)) {
       next = {&acts.lnf, &acts.lnf_mean, &acts.lnf_rstd};
     }
-    layer_forward(layer, x, out, ready, next.ln ? &next : nullptr);
+    const bool recompute = recomputes(l);
+    layer_forward(layer, x, out, ready, next.ln ? &next : nullptr, !(in_.recompute_gelu && recompute));
     ready = next.ln != nullptr;
     if (!compute_grad) {
       layer = LayerActs{};
-    } else if (in_.recompute_layers) {
+    } else if (in_.recompute_layers && recompute) {
       layer = LayerActs{};
       layer.input = x;
     }
@@ -301,15 +305,14 @@ void DryRun::backward(int c, ChunkActs& acts, Buf& dinput) {
   Buf dx;
   if (has_head(c)) head_backward(acts, dx);
   else dx = act(Ns_ * C_);
-  for (auto it = acts.layers.rbegin(); it != acts.layers.rend(); ++it) {
-    if (in_.recompute_layers) {  // the layer's forward again, GELU's output kept
-      const Buf x = it->input;
-      recompute_gelu_ = false;
+  for (size_t l = acts.layers.size(); l-- > 0;) {
+    LayerActs& layer = acts.layers[l];
+    if (in_.recompute_layers && recomputes(l)) {  // the layer's forward again, GELU's output kept
+      const Buf x = layer.input;
       Buf out;
-      layer_forward(*it, x, out, false, nullptr);
-      recompute_gelu_ = in_.recompute_gelu;
+      layer_forward(layer, x, out, false, nullptr, true);
     }
-    layer_backward(*it, dx);
+    layer_backward(layer, dx);
   }
   if (has_embedding(c)) embedding_backward(dx);
   dinput = dx;

@@ -31,6 +31,7 @@ struct ActivationPlanInput {
   int64_t loss_chunk_bytes = 0;  // Gpt::set_loss_chunk_bytes
   bool recompute_gelu = false;   // Gpt::set_recompute_gelu
   bool recompute_layers = false; // Gpt::set_recompute_layers
+  int recompute_num_layers = -1; // Gpt::set_recompute_num_layers
 };
 
 struct ActivationPlan {

@@ -215,7 +215,7 @@ void Gpt::grad_to_partial(const Tensor& dlocal, Tensor& dfull) {
 // the reduction adds it exactly once (its gradient is the sum of the output gradient).
 
 void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out, bool ln1_ready,
-                        const NextNorm* next) {
+                        const NextNorm* next, bool keep_gelu) {
   const int C = cfg_.n_embd, T = cfg_.seq_len, Ts = layout_.seq_local(cfg_);
   const int Cl = int(layout_.attn_local(cfg_)), Fl = int(layout_.mlp_local(cfg_));
   const int NHl = layout_.heads_local(cfg_), HS = cfg_.head_size();
@@ -244,7 +244,7 @@ void Gpt::layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor
   a.fch = be_.activation({B_, T, Fl});
   Tensor gelu_out = be_.activation({B_, T, Fl});
   be_.matmul_gelu_forward(a.fch, gelu_out, a.ln2_full, lp.fcw, lp.fcb, N, C, Fl);
-  if (!recompute_gelu_) a.fch_gelu = gelu_out;  // else freed below, recomputed in backward
+  if (keep_gelu) a.fch_gelu = gelu_out;  // else freed below, recomputed in backward
   Tensor fcproj;
   row_parallel_forward(gelu_out, lp.fcprojw, rank0 ? lp.fcprojb : -1, N, Fl, C, fcproj);
   out = be_.activation({B_, Ts, C});
@@ -440,11 +440,13 @@ void Gpt::forward(int c, ChunkActivations& acts, const Tensor* input, bool compu
     } else if (ch.has_head) {
       next = {ch.lnfw, ch.lnfb, &acts.lnf, &acts.lnf_mean, &acts.lnf_rstd};
     }
-    layer_forward(ch.layers[l], acts.layers[l], x, out, ready, next.ln ? &next : nullptr);
+    const bool recompute = recomputes(l);
+    layer_forward(ch.layers[l], acts.layers[l], x, out, ready, next.ln ? &next : nullptr,
+                  !(recompute_gelu_ && recompute));
     ready = next.ln != nullptr;
     if (!compute_grad) {
       acts.layers[l] = LayerActivations{};  // no backward: nothing to keep
-    } else if (recompute_layers_) {
+    } else if (recompute_layers_ && recompute) {
       acts.layers[l] = LayerActivations{};  // the backward runs this layer's forward again
       acts.layers[l].input = x;
     }
@@ -472,13 +474,10 @@ void Gpt::backward(int c, ChunkActivations& acts, const Tensor* dout, Tensor& di
     dx = dout->clone();
   }
   for (int l = layers - 1; l >= 0; --l) {
-    if (recompute_layers_) {  // the same forward again, on the same input: the same activations
+    if (recompute_layers_ && recomputes(size_t(l))) {  // the same forward again, on the same input
       const Tensor x = acts.layers[size_t(l)].input;
-      const bool gelu = recompute_gelu_;
-      recompute_gelu_ = false;  // its backward follows at once: keep GELU's output
-      Tensor out;
-      layer_forward(ch.layers[size_t(l)], acts.layers[size_t(l)], x, out, false, nullptr);
-      recompute_gelu_ = gelu;
+      Tensor out;  // its backward follows at once: GELU's output kept
+      layer_forward(ch.layers[size_t(l)], acts.layers[size_t(l)], x, out, false, nullptr, true);
     }
     layer_backward(ch.layers[size_t(l)], acts.layers[size_t(l)], dx, last_mb, final_fn,
                    l > 0 ? ch.layers[size_t(l) - 1].fcprojb : -1, summed);

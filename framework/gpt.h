@@ -106,6 +106,9 @@ class Gpt {
   // included) right before its backward. One more forward of the layers per step, for
   // activations of one layer instead of all (Megatron's full activation checkpointing).
   void set_recompute_layers(bool on) { recompute_layers_ = on; }
+  // Either recomputation applies to the first n layers of each model chunk only; the
+  // others store everything, as without it (-1: every layer; --recompute-num-layers).
+  void set_recompute_num_layers(int n) { recompute_num_layers_ = n; }
   // Tensor parallelism without SP: each row-parallel GEMM of the forward (attention's
   // output projection, the MLP's second layer) runs in `chunks` row blocks, each block's
   // all-reduce started as soon as its GEMM is done, so that it overlaps the next block's
@@ -121,8 +124,10 @@ class Gpt {
     Tensor *ln = nullptr, *mean = nullptr, *rstd = nullptr;
   };
   // ln1_ready: a.ln1 and its statistics were made by the previous layer's residual pass.
+  // keep_gelu: GELU's output stays in a.fch_gelu (else only its input, recomputed later).
   void layer_forward(const LayerParams& lp, LayerActivations& a, const Tensor& x, Tensor& out, bool ln1_ready,
-                     const NextNorm* next);
+                     const NextNorm* next, bool keep_gelu);
+  bool recomputes(size_t l) const { return recompute_num_layers_ < 0 || l < size_t(recompute_num_layers_); }
   // The bias gradients of the layers whose output gradient a layernorm backward writes come
   // from that pass (Backend::layernorm_backward_accumulate's dsum): the attention
   // projection's from ln2's; the MLP projection's from the next layer's ln1 (or lnf's) when
@@ -163,6 +168,7 @@ class Gpt {
   int64_t loss_chunk_bytes_ = 0;
   bool recompute_gelu_ = false;
   bool recompute_layers_ = false;
+  int recompute_num_layers_ = -1;
   int tp_comm_chunks_ = 1;
 };
 

@@ -133,6 +133,7 @@ RankMemoryPlan plan_rank_memory(const TrainConfig& cfg, int dp, int tp_rank, int
   in.loss_chunk_bytes = cfg.loss_chunk_bytes();
   in.recompute_gelu = cfg.recompute == "gelu";
   in.recompute_layers = cfg.recompute == "full";
+  in.recompute_num_layers = cfg.recompute_num_layers;
   ActivationPlan a = plan_activation_memory(in);
   r.activation_bytes = a.train_peak_bytes;
   r.eval_activation_bytes = a.eval_peak_bytes;
@@ -256,7 +257,9 @@ std::string format_train_plan(const TrainPlan& p) {
   os << "\n  options   " << (c.zero ? "ZeRO-1" : "ZeRO off") << " | sequence parallel "
      << (c.sequence_parallel && c.tp > 1 ? "on" : "off") << " | buckets " << std::defaultfloat << std::setprecision(6) << c.bucket_mb << " MiB | device "
      << c.device << (c.device == "cuda" ? " (bf16 activations, fp32 master weights and AdamW)" : " (fp32)")
-     << "\n  memory    recompute " << c.recompute << " | loss chunk ";
+     << "\n  memory    recompute " << c.recompute
+     << (c.recompute_num_layers >= 0 ? " (first " + std::to_string(c.recompute_num_layers) + " layers of each chunk)" : "")
+     << " | loss chunk ";
   if (c.loss_chunk_mib > 0) os << c.loss_chunk_mib << " MiB of logits";
   else os << "off (whole logits)";
   os << "\n\nchecks\n";
@@ -332,6 +335,7 @@ nlohmann::json train_plan_json(const TrainPlan& p) {
   j["sequence_parallel"] = c.sequence_parallel && c.tp > 1;
   j["device"] = c.device;
   j["recompute"] = c.recompute;
+  j["recompute_num_layers"] = c.recompute_num_layers;
   j["loss_chunk_mib"] = c.loss_chunk_mib;
   j["vocab_size"] = c.model.vocab_size;
   j["vocab_source"] = p.vocab_source;

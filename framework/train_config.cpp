@@ -86,6 +86,7 @@ po::options_description train_options(TrainConfig& c) {
     ("tp-comm-chunks", po::value(&c.tp_comm_chunks)->default_value(1), "tensor parallelism without --sequence-parallel: the forward's row-parallel GEMMs (attention output projection, MLP output) run in this many row blocks, each block's all-reduce overlapping the next block's GEMM (1 = one GEMM, then its all-reduce)")
     ("loss-chunk-mib", po::value(&c.loss_chunk_mib)->default_value(256), "LM head and loss over row chunks whose logits take at most this many MiB; a training forward runs the head's backward chunk by chunk, so the [tokens, vocab] logits never exist whole (0 = one logits tensor kept until backward)")
     ("recompute", po::value(&c.recompute)->default_value("gelu"), "activations recomputed in the backward instead of stored: gelu (GELU's output, one elementwise pass per layer; saves a quarter of each layer's activations) | full (each layer keeps only its input and runs its forward again right before its backward: about a third more compute, one layer's activations instead of all) | none")
+    ("recompute-num-layers", po::value(&c.recompute_num_layers)->default_value(-1), "with --recompute gelu or full: only the first N layers of each model chunk (a pipeline stage holds one, or one per virtual stage) recompute; the others store all their activations (-1: every layer). Between the two modes: each stored layer costs its share of the memory saved and saves its share of the recompute time")
     ("comm", po::value(&c.comm)->default_value("auto"), "GPU collectives: nccl | mpi (staged through host memory) | auto (NCCL when every rank of a group has its own GPU)")
     ("threads", po::value(&c.threads)->default_value(0), "BLAS threads per rank (0 = cores / ranks on this node)")
     ("sample-tokens", po::value(&c.sample_tokens)->default_value(0), "after training, print this many sampled tokens")
@@ -212,6 +213,10 @@ void validate_train_config(const TrainConfig& c, int world_size) {
                 "--loss-chunk-mib must be >= 0 (0 = no chunking), got " << c.loss_chunk_mib);
   BRAID_REQUIRE(c.recompute == "gelu" || c.recompute == "full" || c.recompute == "none",
                 "--recompute must be gelu, full or none (got '" << c.recompute << "')");
+  BRAID_REQUIRE(c.recompute_num_layers >= -1,
+                "--recompute-num-layers must be >= 0, or -1 for every layer (got " << c.recompute_num_layers << ")");
+  BRAID_REQUIRE(c.recompute_num_layers == -1 || c.recompute != "none",
+                "--recompute-num-layers " << c.recompute_num_layers << " needs --recompute gelu or full (got none)");
   BRAID_REQUIRE(c.comm == "auto" || c.comm == "mpi" || c.comm == "nccl", "--comm must be auto, mpi or nccl");
   BRAID_REQUIRE(c.collective_timeout >= 0 && std::isfinite(c.collective_timeout),
                 "--collective-timeout must be >= 0 seconds (0 = off), got " << c.collective_timeout);

@@ -55,6 +55,7 @@ struct TrainConfig {
   double overlap_gemm_limit = 1.0;
   bool profile_ops = false;         // ops inside prof::Scopes (braid-bench --profile; no CLI flag)
   std::string recompute = "gelu";   // gelu | full | none: activations recomputed in the backward
+  int recompute_num_layers = -1;    // --recompute gelu|full applies to this many layers per model chunk (-1: all)
   int tp_comm_chunks = 1;           // row blocks of the row-parallel forward GEMMs, all-reduce overlapped
   double loss_chunk_mib = 256;      // logits budget of the chunked LM head + loss; 0 = unchunked
   int local_device = 0;             // GPU of this rank (set by the entry point)

@@ -60,6 +60,7 @@ Trainer::Trainer(TrainConfig cfg, ProcessGroups& groups) : cfg_(std::move(cfg)),
   model_->set_loss_chunk_bytes(cfg_.loss_chunk_bytes());
   model_->set_recompute_gelu(cfg_.recompute == "gelu");
   model_->set_recompute_layers(cfg_.recompute == "full");
+  model_->set_recompute_num_layers(cfg_.recompute_num_layers);
   model_->set_tp_comm_chunks(cfg_.tp_comm_chunks);
   model_->register_params(store_, false);
   int64_t bucket_elems = std::max<int64_t>(1, int64_t(cfg_.bucket_mb * 1024 * 1024 / sizeof(float)));

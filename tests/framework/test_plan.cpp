@@ -32,6 +32,7 @@ struct Case {
   int microbatches = 2;
   int64_t loss_chunk_bytes = 3072;  // 6 rows of 32 at TP 1 (f32, vocab 128), 12 at TP 2
   std::string recompute = "gelu";
+  int recompute_num_layers = -1;  // --recompute-num-layers
   std::string name() const {
     std::ostringstream os;
     os << "tp" << tp << "_pp" << pp << "_dp" << dp << "_" << schedule << "_m" << microbatches;
@@ -39,6 +40,7 @@ struct Case {
     if (sp) os << "_sp";
     if (zero) os << "_zero1";
     os << "_loss" << loss_chunk_bytes << "_recompute_" << recompute;
+    if (recompute_num_layers >= 0) os << recompute_num_layers;
     return os.str();
   }
   int world() const { return tp * pp * dp; }
@@ -70,6 +72,7 @@ TrainConfig case_config(const Case& k, const std::string& data, const std::strin
   c.grad_accum = k.microbatches;
   c.loss_chunk_mib = double(k.loss_chunk_bytes) / (1024 * 1024);
   c.recompute = k.recompute;
+  c.recompute_num_layers = k.recompute_num_layers;
   return c;
 }
 
@@ -91,6 +94,11 @@ std::vector<Case> cases() {
       {.recompute = "full"},  // each layer keeps its input; its forward runs again in the backward
       {.tp = 2, .sp = true, .recompute = "full"},
       {.pp = 2, .vs = 2, .schedule = "interleaved", .microbatches = 4, .recompute = "full"},
+      // only the first layers of each chunk recompute; the others store everything
+      {.recompute = "gelu", .recompute_num_layers = 2},
+      {.recompute = "full", .recompute_num_layers = 3},
+      {.pp = 2, .vs = 2, .schedule = "interleaved", .microbatches = 4, .recompute = "full", .recompute_num_layers = 0},
+      {.tp = 2, .pp = 2, .microbatches = 4, .recompute = "full", .recompute_num_layers = 1},
   };
 }
 
@@ -321,6 +329,26 @@ TEST(MemoryPlan, GeluRecomputationDropsItsOutputFromEveryLayer) {
   // A validation forward keeps no layer's activations: GELU's output lives only while its
   // layer runs, recomputed or not.
   EXPECT_EQ(stored.eval_activation_bytes, recomputed.eval_activation_bytes);
+}
+
+// --recompute-num-layers N: the first N layers recompute GELU's output, the others store it:
+// the plan lies between the two modes, one layer's GELU output per layer stored.
+TEST(MemoryPlan, RecomputingSomeLayersStoresTheOthersGeluOutput) {
+  TrainConfig c = gpt2_124m_b16_cuda();
+  c.recompute = "gelu";
+  const int64_t all = plan_rank_memory(c, 1, 0, 0).activation_bytes;
+  const int64_t per_layer = int64_t(16) * 1024 * 3072 * 2;
+  int64_t previous = all;
+  for (int n : {12, 8, 4, 0}) {
+    c.recompute_num_layers = n;
+    const int64_t bytes = plan_rank_memory(c, 1, 0, 0).activation_bytes;
+    if (n == 12) EXPECT_EQ(bytes, all) << "every layer of 12 is every layer";
+    else EXPECT_EQ(bytes - previous, 4 * per_layer) << n << " layers recomputed: 4 more layers store GELU's output";
+    previous = bytes;
+  }
+  c.recompute = "none";
+  c.recompute_num_layers = -1;
+  EXPECT_EQ(plan_rank_memory(c, 1, 0, 0).activation_bytes, previous) << "0 layers recomputed is --recompute none";
 }
 
 TEST(MemoryPlan, PlansSixteenRanksOnOneProcess) {

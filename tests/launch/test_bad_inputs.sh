@@ -96,6 +96,10 @@ case_interleave_few_microbatches() {
 case_bad_flag_value() { expect_error $CASE 2 "--lr must be a positive number" --data "$DATA" --out "$WORK/o" $M --lr -1; }
 case_memory_option_values() {  # the memory and fault options of session 3, refused on every rank
   expect_error $CASE 2 "--recompute must be gelu, full or none (got 'all')" --data "$DATA" --out "$WORK/o" $M --recompute all
+  expect_error $CASE 2 "--recompute-num-layers 2 needs --recompute gelu or full (got none)" --data "$DATA" \
+    --out "$WORK/o" $M --recompute none --recompute-num-layers 2
+  expect_error $CASE 2 "--recompute-num-layers must be >= 0, or -1 for every layer (got -3)" --data "$DATA" \
+    --out "$WORK/o" $M --recompute-num-layers -3
   expect_error $CASE 2 "--loss-chunk-mib must be >= 0 (0 = no chunking), got -1" --data "$DATA" --out "$WORK/o" $M \
     --loss-chunk-mib -1
   expect_error $CASE 2 "--checkpoint-timeout must be >= 0 seconds (0 = off), got -5" --data "$DATA" --out "$WORK/o" $M \

@@ -286,30 +286,42 @@ TEST_F(LayoutEquivalence, OverlappedOptimizerIsThePlainStepBitForBit) {
   EXPECT_GT(ran, 0);
 }
 
-// Full recomputation repeats the same deterministic forward: on the CPU the run is the
-// stored run bit for bit (losses and every parameter), one rank and TP2 x PP2.
-TEST_F(LayoutEquivalence, FullRecomputationIsTheStoredRunBitForBit) {
+// Full recomputation repeats the same deterministic forward, GELU recomputation the same
+// elementwise pass: on the CPU the run is the stored run bit for bit (losses and every
+// parameter), one rank and TP2 x PP2, on every layer or the first N of each chunk
+// (--recompute-num-layers; 2 layers per chunk at PP2).
+TEST_F(LayoutEquivalence, RecomputationIsTheStoredRunBitForBit) {
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (skip() || test_device() != "cpu") GTEST_SKIP() << "CPU only (bf16 GPU runs are compared within tolerance above)";
+  struct Mode {
+    std::string recompute;
+    int num_layers;
+  };
   for (Layout l : {Layout{}, Layout{.tp = 2, .pp = 2}}) {
     if (l.world() > world) continue;
     TrainConfig stored = layout_config(l, data_, test::temp_dir("recompute_none_" + l.name()));
     stored.recompute = "none";
-    l.recompute = "full";
-    TrainConfig full = layout_config(l, data_, test::temp_dir("recompute_" + l.name()));
-    const test::RunResult a = test::run_on_ranks(stored, l.world()), b = test::run_on_ranks(full, l.world());
-    ASSERT_EQ(a.losses.size(), b.losses.size());
-    for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_EQ(a.losses[i], b.losses[i]) << l.name() << " step " << i + 1;
-    if (rank != 0) continue;
-    size_t differ = 0;
-    for (const auto& [name, shape] : full_param_list(stored.model)) {
-      const auto x = test::read_checkpoint_tensor(a.checkpoint, "params", name);
-      const auto y = test::read_checkpoint_tensor(b.checkpoint, "params", name);
-      for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], sizeof(float)) != 0 ? 1 : 0;
+    const test::RunResult a = test::run_on_ranks(stored, l.world());
+    for (const Mode& mode : {Mode{"full", -1}, Mode{"full", 1}, Mode{"gelu", 1}}) {
+      Layout lr = l;
+      lr.recompute = mode.recompute;
+      const std::string what = lr.name() + " first " + std::to_string(mode.num_layers) + " layers";
+      TrainConfig rc = layout_config(lr, data_, test::temp_dir("recompute_" + lr.name() + std::to_string(mode.num_layers)));
+      rc.recompute_num_layers = mode.num_layers;
+      const test::RunResult b = test::run_on_ranks(rc, l.world());
+      ASSERT_EQ(a.losses.size(), b.losses.size());
+      for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_EQ(a.losses[i], b.losses[i]) << what << " step " << i + 1;
+      if (rank != 0) continue;
+      size_t differ = 0;
+      for (const auto& [name, shape] : full_param_list(stored.model)) {
+        const auto x = test::read_checkpoint_tensor(a.checkpoint, "params", name);
+        const auto y = test::read_checkpoint_tensor(b.checkpoint, "params", name);
+        for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], sizeof(float)) != 0 ? 1 : 0;
+      }
+      EXPECT_EQ(differ, 0u) << what << ": parameters differ from the stored run";
     }
-    EXPECT_EQ(differ, 0u) << l.name() << ": parameters differ from the stored run";
   }
 }
 
