@@ -45,6 +45,8 @@ torch_row() {  # PyTorch: preset, batch, timed steps, time limit, options
 row gpt2-124m 16 20; row gpt2-124m 16 20 --recompute none
 row gpt2-350m 16 20; row gpt2-350m 16 20 --recompute none
 row gpt2-1.5b 8 10; row gpt2-1.5b 8 10 --optimizer-overlap-sms 16
+# ROW15: more options for one more 1.5B row (e.g. "--optimizer-overlap-sms 16 --recompute-num-layers 27")
+[ -n "${ROW15:-}" ] && row gpt2-1.5b 8 10 $ROW15
 torch_row gpt2-124m 16 20 70 --compile
 torch_row gpt2-350m 16 20 90 --compile
 torch_row gpt2-124m 16 20 40; torch_row gpt2-350m 16 20 50; torch_row gpt2-1.5b 8 10 60
