@@ -26,22 +26,9 @@ column_finalize_kernel(ColumnDsts dst, const float* partial, int64_t rows, int c
   __shared__ float s[32][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * 32 + tx;
-  // The group's rows are loaded 8 at a time before they are added, in the same order: the
-  // loop of one load and one add waited for memory once per row (a LayerNorm backward's
-  // 512-1024 partial rows, 16-32 serialized L2 reads: 9 us of its 40-55 at the GPT-2 shapes).
-  constexpr int kBatch = 8;
   float acc = 0.f;
-  if (c < cols) {
-    int64_t r = ty;
-    for (; r + (kBatch - 1) * 32 < rows; r += kBatch * 32) {
-      float v[kBatch];
-#pragma unroll
-      for (int k = 0; k < kBatch; ++k) v[k] = partial[(r + k * 32) * cols + c];
-#pragma unroll
-      for (int k = 0; k < kBatch; ++k) acc += v[k];
-    }
-    for (; r < rows; r += 32) acc += partial[r * cols + c];
-  }
+  if (c < cols)
+    for (int64_t r = ty; r < rows; r += 32) acc += partial[r * cols + c];
   s[ty][tx] = acc;
   __syncthreads();
   if (ty == 0 && c < cols) {
